@@ -1,0 +1,146 @@
+"""The ``twc3-bridge`` command: subcommands, logging set-up and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from bridge import __version__
+from bridge.config import CONFIG_ENV, BridgeConfig, ConfigError, load_config, parse_host
+
+EXIT_OK: Final = 0
+EXIT_FAILURE: Final = 1
+EXIT_USAGE: Final = 2
+
+logger = logging.getLogger("bridge")
+
+
+def setup_logging(level: str) -> None:
+    """One line per event, to stderr, with a timestamp."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        stream=sys.stderr,
+    )
+    # httpx logs every request at INFO; that is noise for a service polling every few seconds.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    value = args.config or os.environ.get(CONFIG_ENV)
+    return Path(value) if value else None
+
+
+def _load(args: argparse.Namespace) -> BridgeConfig | None:
+    path = _config_path(args)
+    if path is None:
+        print(f"error: no configuration: pass --config FILE or set {CONFIG_ENV}", file=sys.stderr)
+        return None
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        print(f"error: invalid configuration {path}:", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the bridge."""
+    config = _load(args)
+    if config is None:
+        return EXIT_USAGE
+    setup_logging(args.log_level or config.logging.level)
+    from bridge.app import run_bridge  # noqa: PLC0415 - keeps check-config free of network imports
+
+    asyncio.run(run_bridge(config))
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a configuration file and summarise it."""
+    config = _load(args)
+    if config is None:
+        return EXIT_USAGE
+    mqtt = config.mqtt
+    print(f"configuration OK: broker {mqtt.host}:{mqtt.port}, base topic {mqtt.base_topic!r}")
+    for connector in config.connectors:
+        topic_id = connector.configured_id() or "(serial number, once the unit answers)"
+        print(f"  connector {connector.host}: topics {mqtt.base_topic}/{topic_id}/…")
+    return EXIT_OK
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Read a unit's four endpoints once and show them."""
+    try:
+        parse_host(args.host)
+    except ValueError as error:
+        print(f"error: {args.host!r}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    from bridge.probe import probe  # noqa: PLC0415 - imports httpx only when needed
+
+    return asyncio.run(probe(args.host, redact=args.redact, timeout_s=args.timeout))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Run simulated units until interrupted."""
+    from bridge.simulator import simulate_main  # noqa: PLC0415 - the simulator is optional
+
+    try:
+        return asyncio.run(simulate_main(args))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="twc3-bridge",
+        description="Tesla Wall Connector Gen 3 local API to MQTT bridge (read-only: the "
+        "unit's local API cannot start, stop or limit charging).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the bridge")
+    run.add_argument("--config", help=f"TOML configuration file (or ${CONFIG_ENV})")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(handler=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a configuration file without running")
+    check.add_argument("--config", help=f"TOML configuration file (or ${CONFIG_ENV})")
+    check.set_defaults(handler=cmd_check_config)
+
+    probe = sub.add_parser("probe", help="read one unit once and show what would be published")
+    probe.add_argument("host", metavar="HOST[:PORT]")
+    probe.add_argument(
+        "--redact", action="store_true", help="hide serial number, SSID, MAC and IP addresses"
+    )
+    probe.add_argument("--timeout", type=float, default=15.0, help="read timeout in seconds")
+    probe.set_defaults(handler=cmd_probe)
+
+    simulate = sub.add_parser("simulate", help="run simulated Wall Connectors on loopback ports")
+    from bridge.simulator import add_simulate_arguments  # noqa: PLC0415 - optional module
+
+    add_simulate_arguments(simulate)
+    simulate.set_defaults(handler=cmd_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments and run a subcommand; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return code

@@ -1,0 +1,325 @@
+"""The bridge's TOML configuration: schema, defaults, validation and readable errors."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Final, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bridge.topics import id_problem, slugify, validate_base_topic
+
+CONFIG_ENV: Final = "TWC3_BRIDGE_CONFIG"
+PASSWORD_ENV: Final = "TWC3_BRIDGE_MQTT_PASSWORD"  # noqa: S105 - the variable's name, not a secret
+DEFAULT_HTTP_PORT: Final = 80
+
+Seconds = Annotated[float, Field(gt=0, le=86_400)]
+Port = Annotated[int, Field(ge=1, le=65_535)]
+
+
+class _Strict(BaseModel):
+    # A misspelt key is far more likely than a deliberate extra one: refuse it.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Strict):
+    """TLS towards the broker; a CA file enables it, a client certificate is optional."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = Field(default=False, description="skip the broker host name check")
+
+    @model_validator(mode="after")
+    def _key_goes_with_cert(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {str(path)!r} is not a readable file")
+        return self
+
+
+class MqttConfig(_Strict):
+    """Broker connection and topic layout."""
+
+    host: str = "localhost"
+    port: Port = 1883
+    base_topic: str = "twc3"
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str = "twc3-bridge"
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    tls: TlsConfig | None = None
+    reconnect_max_s: Seconds = 60.0
+
+    @field_validator("base_topic")
+    @classmethod
+    def _safe_base_topic(cls, value: str) -> str:
+        problem = validate_base_topic(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+
+class PollingConfig(_Strict):
+    """How often each endpoint is read; every value may be overridden per connector."""
+
+    vitals_s: Seconds = 5.0
+    vitals_idle_s: Seconds = 15.0
+    lifetime_s: Seconds = 60.0
+    wifi_status_s: Seconds = 60.0
+    version_s: Seconds = 3600.0
+    connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # The unit can take seconds before its first byte (twc3-api.md Q3).
+    read_timeout_s: Annotated[float, Field(gt=0, le=120)] = 15.0
+    offline_after: Annotated[int, Field(ge=1, le=100)] = 3
+    backoff_max_s: Annotated[float, Field(ge=1, le=3600)] = 60.0
+
+
+_POLLING_KEYS: Final = frozenset(PollingConfig.model_fields)
+
+
+class ConnectorConfig(_Strict):
+    """One Wall Connector to read."""
+
+    host: str
+    name: str | None = None
+    id: str | None = None
+    vitals_s: Seconds | None = None
+    vitals_idle_s: Seconds | None = None
+    lifetime_s: Seconds | None = None
+    wifi_status_s: Seconds | None = None
+    version_s: Seconds | None = None
+    connect_timeout_s: Annotated[float, Field(gt=0, le=60)] | None = None
+    read_timeout_s: Annotated[float, Field(gt=0, le=120)] | None = None
+    offline_after: Annotated[int, Field(ge=1, le=100)] | None = None
+    backoff_max_s: Annotated[float, Field(ge=1, le=3600)] | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _valid_host(cls, value: str) -> str:
+        parse_host(value)
+        return value.strip()
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        problem = id_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _usable_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = " ".join(value.split())
+        if not value:
+            raise ValueError("must not be blank")
+        if len(value) > 100:  # noqa: PLR2004 - names show in dashboards
+            raise ValueError("must be at most 100 characters")
+        return value
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The host and TCP port to connect to."""
+        return parse_host(self.host)
+
+    @property
+    def base_url(self) -> str:
+        """The unit's HTTP address, e.g. ``http://192.168.1.50``."""
+        host, port = self.address
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}" if port == DEFAULT_HTTP_PORT else f"http://{shown}:{port}"
+
+    def configured_id(self) -> str | None:
+        """The topic id known before the unit answers: ``id``, else a slug of ``name``."""
+        if self.id:
+            return self.id
+        if self.name:
+            return slugify(self.name) or None
+        return None
+
+    def polling(self, defaults: PollingConfig) -> PollingConfig:
+        """The effective polling settings: per-connector overrides over the global ones."""
+        overrides = {
+            key: getattr(self, key) for key in _POLLING_KEYS if getattr(self, key) is not None
+        }
+        return defaults.model_copy(update=overrides)
+
+
+class LoggingConfig(_Strict):
+    """Log verbosity."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class BridgeConfig(_Strict):
+    """The whole configuration file."""
+
+    mqtt: MqttConfig = MqttConfig()
+    polling: PollingConfig = PollingConfig()
+    logging: LoggingConfig = LoggingConfig()
+    connectors: list[ConnectorConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _ids_unique_and_usable(self) -> Self:
+        seen: dict[str, int] = {}
+        for index, connector in enumerate(self.connectors):
+            if connector.id is None and connector.name is not None and not slugify(connector.name):
+                raise ValueError(
+                    f"connectors[{index}]: name {connector.name!r} gives no usable topic id; set id"
+                )
+            topic_id = connector.configured_id()
+            if topic_id is None:
+                continue
+            problem = id_problem(topic_id)
+            if problem:
+                raise ValueError(f"connectors[{index}]: id {topic_id!r} from the name {problem}")
+            if topic_id in seen:
+                raise ValueError(
+                    f"connectors[{index}]: id {topic_id!r} is already used by "
+                    f"connectors[{seen[topic_id]}]; give one of them another id"
+                )
+            seen[topic_id] = index
+        hosts: dict[tuple[str, int], int] = {}
+        for index, connector in enumerate(self.connectors):
+            address = (connector.address[0].lower(), connector.address[1])
+            if address in hosts:
+                raise ValueError(
+                    f"connectors[{index}]: host {connector.host!r} is already "
+                    f"connectors[{hosts[address]}]"
+                )
+            hosts[address] = index
+        return self
+
+
+def parse_host(value: str) -> tuple[str, int]:
+    """Split ``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address.
+
+    Raises:
+        ValueError: the text is no usable host.
+    """
+    text = value.strip()
+    if not text:
+        raise ValueError("must not be empty")
+    if "://" in text or "/" in text:
+        raise ValueError("give a host or host:port, not a URL")
+    host, port_text = _split_host_port(text)
+    if not host or any(ch.isspace() or not ch.isprintable() for ch in host):
+        raise ValueError("host is empty or contains spaces")
+    if not port_text:
+        return host, DEFAULT_HTTP_PORT
+    if not port_text.isdigit():
+        raise ValueError(f"port {port_text!r} is not a number")
+    port = int(port_text)
+    if not 1 <= port <= 65_535:  # noqa: PLR2004 - the TCP port range
+        raise ValueError(f"port {port} is out of range 1-65535")
+    return host, port
+
+
+def _split_host_port(text: str) -> tuple[str, str]:
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError("unclosed '[' in IPv6 address")
+        rest = text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError("expected ':port' after ']'")
+        return text[1:end], rest[1:]
+    if text.count(":") == 1:
+        host, port_text = text.split(":")
+        return host, port_text
+    if text.count(":") > 1:
+        ipaddress.IPv6Address(text)  # a bare IPv6 address, without a port
+    return text, ""
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` holds one readable line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part.startswith(("function-", "constrained-")) or part in {"str", "float", "int"}:
+            continue  # pydantic's internal validator names say nothing to a user
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
+def describe_validation_error(error: ValidationError) -> list[str]:
+    """One line per problem: ``key: what is wrong``."""
+    lines = []
+    for detail in error.errors():
+        message = detail["msg"].removeprefix("Value error, ")
+        if detail["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling)"
+        elif detail["type"] == "missing":
+            message = "required key is missing"
+        where = _location(tuple(detail["loc"]))
+        lines.append(f"{where}: {message}" if where else message)
+    return lines
+
+
+def load_config(path: Path, environ: dict[str, str] | None = None) -> BridgeConfig:
+    """Read, validate and complete a configuration file.
+
+    The broker password may come from ``TWC3_BRIDGE_MQTT_PASSWORD`` instead of the file.
+
+    Raises:
+        ConfigError: with one readable line per problem.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError([f"{path}: cannot read ({error})"]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"{path}: not valid TOML ({error})"]) from None
+    password = env.get(PASSWORD_ENV)
+    if password:
+        mqtt = data.get("mqtt")
+        if mqtt is None:
+            data["mqtt"] = mqtt = {}
+        if isinstance(mqtt, dict):
+            mqtt["password"] = password
+    try:
+        config = BridgeConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error)) from None
+    if not config.connectors:
+        raise ConfigError(["connectors: no [[connectors]] configured; add at least one"])
+    return config

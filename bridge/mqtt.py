@@ -1,0 +1,205 @@
+"""The MQTT side: connect, reconnect with backoff, drain the outbox, publish ``offline`` on exit.
+
+This is the only module that imports aiomqtt, so a move to aiomqtt 3 touches one file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import aiomqtt
+
+from bridge.backoff import Backoff
+from bridge.config import MqttConfig
+from bridge.outbox import Message, Outbox
+
+logger = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_S: Final = 10.0
+SHUTDOWN_PUBLISH_TIMEOUT_S: Final = 3.0
+ONLINE: Final = "online"
+OFFLINE: Final = "offline"
+
+IncomingHandler = Callable[[str, bytes], Awaitable[None]]
+
+
+class _ShutdownRequestedError(Exception):
+    """Raised inside the task group to leave it cleanly once ``offline`` is published."""
+
+
+def _tls_context(config: MqttConfig) -> ssl.SSLContext | None:
+    tls = config.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    if tls.cert_file and tls.key_file:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    if tls.insecure:
+        context.check_hostname = False
+    return context
+
+
+def describe_mqtt_error(error: BaseException) -> str:
+    """A one-line reason for a broker problem, without secrets."""
+    text = str(error) or type(error).__name__
+    return " ".join(text.split())[:200]
+
+
+class MqttLink:
+    """Keeps one broker connection alive and publishes everything the outbox holds."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        outbox: Outbox,
+        *,
+        state_topic: str,
+        subscriptions: tuple[str, ...] = (),
+        on_message: IncomingHandler | None = None,
+        on_connect: Callable[[], None] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.state_topic = state_topic
+        self.subscriptions = subscriptions
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._backoff = backoff or Backoff(initial=1.0, maximum=config.reconnect_max_s)
+        self.connected = asyncio.Event()
+        self.connections = 0
+
+    def _client(self) -> aiomqtt.Client:
+        config = self.config
+        password = config.password.get_secret_value() if config.password else None
+        tls_context = _tls_context(config)
+        return aiomqtt.Client(
+            config.host,
+            config.port,
+            username=config.username,
+            password=password,
+            identifier=config.client_id,
+            keepalive=config.keepalive_s,
+            will=aiomqtt.Will(self.state_topic, OFFLINE, qos=1, retain=True),
+            tls_context=tls_context,
+            tls_insecure=bool(config.tls and config.tls.insecure) if tls_context else None,
+            timeout=PUBLISH_TIMEOUT_S,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stay connected until ``stop`` is set, then publish ``offline`` and disconnect."""
+        failing_since_logged = False
+        while not stop.is_set():
+            try:
+                client = self._client()
+            except (ssl.SSLError, OSError, ValueError) as error:
+                logger.error("MQTT: cannot set up the client: %s", describe_mqtt_error(error))  # noqa: TRY400 - one line, no traceback
+                await self._wait(stop, self._backoff.next_delay())
+                continue
+            try:
+                async with client:
+                    self._backoff.reset()
+                    self.connections += 1
+                    logger.info(
+                        "MQTT: connected to %s:%d%s",
+                        self.config.host,
+                        self.config.port,
+                        " again" if self.connections > 1 else "",
+                    )
+                    failing_since_logged = False
+                    await self._serve(client, stop)
+                    return
+            except* aiomqtt.MqttError as group:
+                reason = describe_mqtt_error(group.exceptions[0])
+            except* (OSError, ssl.SSLError) as group:
+                reason = describe_mqtt_error(group.exceptions[0])
+            self.connected.clear()
+            delay = self._backoff.next_delay()
+            if not failing_since_logged:
+                failing_since_logged = True
+                verb = "lost" if self.connections else "cannot connect to"
+                logger.warning(
+                    "MQTT: %s %s:%d: %s; retrying with backoff up to %.0f s",
+                    verb,
+                    self.config.host,
+                    self.config.port,
+                    reason,
+                    self.config.reconnect_max_s,
+                )
+            else:
+                logger.debug("MQTT: still unavailable (%s); next try in %.1f s", reason, delay)
+            await self._wait(stop, delay)
+
+    @staticmethod
+    async def _wait(stop: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await stop.wait()
+
+    async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        self.outbox.put(self.state_topic, ONLINE, always=True)
+        self.outbox.republish_all()
+        for topic in self.subscriptions:
+            await client.subscribe(topic, qos=1)
+        if self._on_connect is not None:
+            self._on_connect()
+        self.connected.set()
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._listen(client), name="mqtt-listen")
+                group.create_task(self._drain(client, stop), name="mqtt-drain")
+        except* _ShutdownRequestedError:
+            logger.debug("MQTT: leaving the connection for shutdown")
+
+    async def _listen(self, client: aiomqtt.Client) -> None:
+        # Iterating also notices a dropped connection: aiomqtt raises MqttError here.
+        async for message in client.messages:
+            if self._on_message is None:
+                continue
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            try:
+                await self._on_message(str(message.topic), payload)
+            except Exception:
+                logger.exception("MQTT: handling a message on %s failed", message.topic)
+
+    async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        while True:
+            for message in self.outbox.pending():
+                await self._publish(client, message)
+                self.outbox.mark_sent(message)
+            wait_outbox = asyncio.ensure_future(self.outbox.wait())
+            wait_stop = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({wait_outbox, wait_stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                wait_outbox.cancel()
+                wait_stop.cancel()
+            if stop.is_set():
+                await self._say_goodbye(client)
+                raise _ShutdownRequestedError
+
+    async def _publish(self, client: aiomqtt.Client, message: Message) -> None:
+        await client.publish(
+            message.topic,
+            message.payload.encode("utf-8"),
+            qos=1,
+            retain=message.retain,
+            timeout=PUBLISH_TIMEOUT_S,
+        )
+
+    async def _say_goodbye(self, client: aiomqtt.Client) -> None:
+        # A clean DISCONNECT suppresses the Will, so say offline ourselves.
+        self.outbox.put(self.state_topic, OFFLINE, always=True)
+        try:
+            async with asyncio.timeout(SHUTDOWN_PUBLISH_TIMEOUT_S):
+                await client.publish(self.state_topic, OFFLINE, qos=1, retain=True)
+        except (aiomqtt.MqttError, TimeoutError) as error:
+            reason = describe_mqtt_error(error)
+            logger.warning("MQTT: could not publish offline on shutdown: %s", reason)
+        else:
+            logger.info("MQTT: published %s=offline; disconnecting", self.state_topic)

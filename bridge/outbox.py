@@ -1,0 +1,115 @@
+"""What the broker should hold: the latest retained value per topic, plus a short event queue.
+
+Producers (pollers) write here whether or not the broker is connected; the MQTT link drains it.
+Only the newest value per topic is kept, so a long broker outage costs bounded memory and a
+reconnect republishes exactly the current state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+REFRESH_S: Final = 300.0
+MAX_QUEUED_EVENTS: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One MQTT publish; an empty retained payload deletes the topic on the broker."""
+
+    topic: str
+    payload: str
+    retain: bool = True
+
+
+class Outbox:
+    """Latest-value-wins store of retained topics, with change detection and periodic refresh."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        refresh_s: float = REFRESH_S,
+        max_events: int = MAX_QUEUED_EVENTS,
+    ) -> None:
+        self._clock = clock
+        self.refresh_s = refresh_s
+        self._retained: dict[str, str] = {}
+        self._sent_at: dict[str, float] = {}
+        self._dirty: dict[str, None] = {}  # an ordered set: publish in the order values arrived
+        self._deletions: dict[str, None] = {}
+        self._events: deque[Message] = deque(maxlen=max_events)
+        self.dropped_events = 0
+        self._wakeup = asyncio.Event()
+
+    def put(self, topic: str, payload: str, *, always: bool = False) -> None:
+        """Set a retained topic; it is published if new, changed, stale, or ``always``."""
+        if not payload:
+            raise ValueError(f"refusing an empty payload for {topic}: it would delete the topic")
+        unchanged = self._retained.get(topic) == payload
+        fresh = self._clock() - self._sent_at.get(topic, float("-inf")) < self.refresh_s
+        if unchanged and fresh and not always:
+            return
+        self._retained[topic] = payload
+        self._deletions.pop(topic, None)
+        self._dirty[topic] = None
+        self._wakeup.set()
+
+    def delete(self, topic: str) -> None:
+        """Remove a retained topic from the broker (an empty retained payload)."""
+        self._retained.pop(topic, None)
+        self._sent_at.pop(topic, None)
+        self._dirty.pop(topic, None)
+        self._deletions[topic] = None
+        self._wakeup.set()
+
+    def event(self, topic: str, payload: str) -> None:
+        """Queue a non-retained message; the oldest are dropped beyond the queue bound."""
+        if len(self._events) == self._events.maxlen:
+            self.dropped_events += 1
+        self._events.append(Message(topic, payload, retain=False))
+        self._wakeup.set()
+
+    def get(self, topic: str) -> str | None:
+        """The current retained value of a topic, published or not."""
+        return self._retained.get(topic)
+
+    def retained_topics(self) -> list[str]:
+        """Every topic currently held."""
+        return list(self._retained)
+
+    def republish_all(self) -> None:
+        """Mark every retained topic for publishing again (after a broker reconnect)."""
+        self._dirty = dict.fromkeys(self._retained)
+        if self._dirty:
+            self._wakeup.set()
+
+    def pending(self) -> list[Message]:
+        """What still has to be published, oldest first: deletions, retained values, events."""
+        batch = [Message(topic, "") for topic in self._deletions]
+        batch.extend(Message(topic, self._retained[topic]) for topic in self._dirty)
+        batch.extend(self._events)
+        return batch
+
+    def mark_sent(self, message: Message) -> None:
+        """Record that ``message`` reached the broker."""
+        if not message.retain:
+            if self._events and self._events[0] == message:
+                self._events.popleft()
+            return
+        if not message.payload:
+            self._deletions.pop(message.topic, None)
+            return
+        if self._retained.get(message.topic) == message.payload:
+            self._dirty.pop(message.topic, None)
+            self._sent_at[message.topic] = self._clock()
+
+    async def wait(self) -> None:
+        """Wait until something is pending."""
+        while not (self._dirty or self._deletions or self._events):
+            self._wakeup.clear()
+            await self._wakeup.wait()

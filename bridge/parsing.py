@@ -1,0 +1,133 @@
+"""Tolerant decoding of Wall Connector response bodies into normalised JSON objects.
+
+Firmware sends bodies that strict JSON parsers refuse (twc3-api.md Q2): bare ``nan``/``inf``
+tokens, a missing final ``}``, and ``-0.0``. Everything here is pure and raises only
+:class:`ParseError`, whatever bytes arrive.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+EXCERPT_CHARS = 80
+MAX_NESTING = 32
+
+# A string literal (kept as it is) or a bare non-finite token where a value may start. Strings
+# are matched first so that text such as "a:nan," inside an SSID is never rewritten.
+_STRING_OR_NON_FINITE = re.compile(
+    rb'(?P<string>"(?:[^"\\]|\\.)*")'
+    rb"|(?P<lead>[:\[,]\s*)(?P<token>[-+]?(?:nan|NaN|NAN|inf|Inf|INF|infinity|Infinity|INFINITY))"
+    rb"(?=\s*[,\]}]|\s*$)"
+)
+
+
+class ParseError(ValueError):
+    """A body could not be read as the JSON object an endpoint promises."""
+
+    def __init__(self, reason: str, raw: bytes) -> None:
+        self.reason = reason
+        self.excerpt = excerpt(raw)
+        super().__init__(f"{reason} (body starts {self.excerpt!r})")
+
+
+def excerpt(raw: bytes, limit: int = EXCERPT_CHARS) -> str:
+    """Return a short printable excerpt of a body for a log line."""
+    text = raw[:limit].decode("utf-8", "replace")
+    printable = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return printable + ("…" if len(raw) > limit else "")
+
+
+def _replace_non_finite(raw: bytes) -> bytes:
+    def replace(match: re.Match[bytes]) -> bytes:
+        if match.group("string") is not None:
+            return match.group("string")
+        return match.group("lead") + b"null"
+
+    return _STRING_OR_NON_FINITE.sub(replace, raw)
+
+
+def _reject_constant(_name: str) -> None:
+    # json accepts NaN/Infinity by default; they become null like the bare firmware tokens.
+    return None
+
+
+def _loads(text: str) -> Any:  # noqa: ANN401 - JSON is untyped until normalised
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def decode_body(raw: bytes) -> dict[str, Any]:
+    """Decode one endpoint body into a normalised JSON object.
+
+    Normalised means: non-finite numbers become ``None``, ``-0.0`` becomes ``0.0``, strings are
+    valid Unicode (lone surrogates replaced), and nesting is bounded.
+
+    Raises:
+        ParseError: the body is not a JSON object even after the known repairs.
+    """
+    stripped = raw.strip()
+    if not stripped:
+        raise ParseError("empty body", raw)
+    repaired = _replace_non_finite(stripped)
+    try:
+        text = repaired.decode("utf-8")
+    except UnicodeDecodeError:
+        text = repaired.decode("utf-8", "replace")
+    value = _try_loads(text)
+    if value is None and not text.endswith("}"):
+        # Firmware intermittently omits the final brace (HA forum 311670 p3, HA #81443).
+        value = _try_loads(text + "}")
+    if value is None:
+        raise ParseError("not valid JSON", raw)
+    if not isinstance(value, dict):
+        raise ParseError(f"expected a JSON object, got {type(value).__name__}", raw)
+    try:
+        normalised = _normalise(value, depth=0)
+    except _TooDeepError:
+        raise ParseError("JSON nested too deeply", raw) from None
+    if not isinstance(normalised, dict):  # pragma: no cover - _normalise keeps dicts as dicts
+        raise ParseError("expected a JSON object", raw)
+    return normalised
+
+
+def _try_loads(text: str) -> Any:  # noqa: ANN401 - JSON is untyped until normalised
+    try:
+        return _loads(text)
+    except (ValueError, RecursionError):
+        # ValueError covers JSONDecodeError and the int-digits limit; RecursionError deep nesting.
+        return None
+
+
+class _TooDeepError(Exception):
+    pass
+
+
+def _normalise(value: Any, depth: int) -> Any:  # noqa: ANN401 - walks untyped JSON
+    if depth > MAX_NESTING:
+        raise _TooDeepError
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return 0.0 if value == 0 else value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        return _clean_text(value)
+    if isinstance(value, list):
+        return [_normalise(item, depth + 1) for item in value]
+    if isinstance(value, dict):
+        return {_clean_text(str(key)): _normalise(item, depth + 1) for key, item in value.items()}
+    return None  # pragma: no cover - json produces no other types
+
+
+def _clean_text(text: str) -> str:
+    # Lone surrogates are legal in JSON escapes but cannot be encoded to UTF-8 for MQTT.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text

@@ -1,0 +1,283 @@
+"""One unit's polling loop: when to ask which endpoint, backoff, and debounced availability.
+
+Requests to one unit never overlap and are at least ``MIN_REQUEST_GAP_S`` apart. This is the only
+place that retries a unit: after a failure every endpoint waits for the backoff delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from bridge.backoff import Backoff
+from bridge.config import PollingConfig
+from bridge.models import (
+    ENDPOINTS,
+    Endpoint,
+    ParsedBody,
+    ParseError,
+    Version,
+    Vitals,
+    parse_endpoint,
+)
+from bridge.outbox import Outbox
+from bridge.publishing import UnitTopics, publish_body
+from bridge.topics import id_problem, slugify
+from bridge.twc import TwcBadResponseError, TwcError, TwcUnreachableError
+
+logger = logging.getLogger(__name__)
+
+MIN_REQUEST_GAP_S: Final = 1.0
+# Endpoints due at the same moment go in this order; version first so the serial is known early.
+_PRIORITY: Final[dict[Endpoint, int]] = {"version": 0, "vitals": 1, "lifetime": 2, "wifi_status": 3}
+
+
+class Fetcher(Protocol):
+    """What the poller needs from the HTTP side."""
+
+    async def fetch(self, endpoint: Endpoint) -> bytes:
+        """Return one endpoint's body or raise :class:`bridge.twc.TwcError`."""
+        ...
+
+
+class IdRegistry:
+    """Topic ids in use across the bridge, so two units never share one."""
+
+    def __init__(self, reserved: set[str] | None = None) -> None:
+        self._owners: dict[str, str] = dict.fromkeys(reserved or set(), "config")
+
+    def claim(self, unit_id: str, owner: str) -> str | None:
+        """Take ``unit_id`` for ``owner``; returns the current owner if someone else has it."""
+        current = self._owners.setdefault(unit_id, owner)
+        return None if current == owner else current
+
+
+@dataclass
+class UnitStatus:
+    """What the poller knows about its unit, for logs and the ``poller/*`` topics."""
+
+    online: bool | None = None
+    failure_streak: int = 0
+    last_error: str | None = None
+    failed_requests: int = 0
+    parse_errors: int = 0
+    serial: str | None = None
+    vehicle_connected: bool = False
+    last_bodies: dict[Endpoint, ParsedBody] = field(default_factory=dict)
+
+
+class ConnectorPoller:
+    """Polls one Wall Connector forever and writes what it learns into the outbox."""
+
+    def __init__(
+        self,
+        *,
+        label: str,
+        configured_id: str | None,
+        base_topic: str,
+        polling: PollingConfig,
+        fetcher: Fetcher,
+        outbox: Outbox,
+        registry: IdRegistry,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.label = label
+        self.polling = polling
+        self.status = UnitStatus()
+        self._base_topic = base_topic
+        self._fetcher = fetcher
+        self._outbox = outbox
+        self._registry = registry
+        self._clock = clock
+        self._sleep = sleep
+        self._backoff = backoff or Backoff(initial=2.0, maximum=polling.backoff_max_s)
+        self._topics: UnitTopics | None = None
+        self._waiting_logged = False
+        self._endpoint_failing: set[Endpoint] = set()
+        if configured_id is not None:
+            self._adopt_id(configured_id)
+        now = clock()
+        self._due: dict[Endpoint, float] = dict.fromkeys(ENDPOINTS, now)
+        self._not_before = now
+        self.requests_made = 0
+
+    @property
+    def topics(self) -> UnitTopics | None:
+        """The unit's topics, once its id is known."""
+        return self._topics
+
+    def _adopt_id(self, unit_id: str) -> bool:
+        owner = self._registry.claim(unit_id, self.label)
+        if owner is not None:
+            logger.error(
+                "unit %s: topic id %r is already used by %s; not publishing this unit",
+                self.label,
+                unit_id,
+                owner,
+            )
+            return False
+        self._topics = UnitTopics(self._base_topic, unit_id)
+        return True
+
+    def interval(self, endpoint: Endpoint) -> float:
+        """Seconds between two successful reads of ``endpoint``."""
+        if endpoint == "vitals":
+            return (
+                self.polling.vitals_s
+                if self.status.vehicle_connected
+                else self.polling.vitals_idle_s
+            )
+        seconds: float = getattr(self.polling, f"{endpoint}_s")
+        return seconds
+
+    def next_request(self) -> tuple[Endpoint, float]:
+        """The endpoint to read next and the monotonic time to read it at."""
+        endpoint = min(ENDPOINTS, key=lambda name: (self._due[name], _PRIORITY[name]))
+        return endpoint, max(self._due[endpoint], self._not_before)
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        while True:
+            await self.poll_once()
+
+    async def poll_once(self) -> None:
+        """Wait for the next due request, make it, and record the outcome."""
+        endpoint, at = self.next_request()
+        delay = at - self._clock()
+        if delay > 0:
+            await self._sleep(delay)
+        started = self._clock()
+        self.requests_made += 1
+        try:
+            raw = await self._fetcher.fetch(endpoint)
+            parsed = parse_endpoint(endpoint, raw)
+        except TwcUnreachableError as error:
+            self._unit_failed(endpoint, error.reason)
+        except TwcBadResponseError as error:
+            self._bad_answer(endpoint, error.reason, error)
+        except ParseError as error:
+            self.status.parse_errors += 1
+            self._publish_counters()
+            self._bad_answer(endpoint, "unexpected response: unparsable body", error)
+        else:
+            self._succeeded(parsed, started)
+        self._not_before = max(self._not_before, self._clock() + MIN_REQUEST_GAP_S)
+
+    def _bad_answer(self, endpoint: Endpoint, reason: str, error: TwcError | ParseError) -> None:
+        if endpoint not in self._endpoint_failing:
+            self._endpoint_failing.add(endpoint)
+            detail = f": {error.excerpt!r}" if isinstance(error, ParseError) else ""
+            logger.warning("unit %s: %s from %s%s", self.label, reason, endpoint, detail)
+        if endpoint == "vitals":
+            # Without usable vitals there is no live state: count it against availability.
+            self._unit_failed(endpoint, reason)
+            return
+        self.status.failed_requests += 1
+        self._publish_counters()
+        self._due[endpoint] = self._clock() + max(
+            self.interval(endpoint), self.polling.backoff_max_s
+        )
+
+    def _unit_failed(self, endpoint: Endpoint, reason: str) -> None:
+        status = self.status
+        status.failure_streak += 1
+        status.failed_requests += 1
+        status.last_error = f"{endpoint}: {reason}"
+        delay = self._backoff.next_delay()
+        self._not_before = self._clock() + delay
+        logger.debug(
+            "unit %s: %s failed (%s); next try in %.1f s", self.label, endpoint, reason, delay
+        )
+        if status.failure_streak >= self.polling.offline_after and status.online is not False:
+            status.online = False
+            logger.warning(
+                "unit %s offline: %s (after %d failed requests; retrying, backoff up to %.0f s)",
+                self.label,
+                reason,
+                status.failure_streak,
+                self.polling.backoff_max_s,
+            )
+            if self._topics is not None:
+                self._outbox.put(self._topics.availability, "offline")
+        self._publish_counters()
+
+    def _succeeded(self, parsed: ParsedBody, started: float) -> None:
+        status = self.status
+        endpoint = parsed.endpoint
+        if endpoint in self._endpoint_failing:
+            self._endpoint_failing.discard(endpoint)
+            logger.info("unit %s: %s answers normally again", self.label, endpoint)
+        status.failure_streak = 0
+        self._backoff.reset()
+        status.last_bodies[endpoint] = parsed
+        if isinstance(parsed.model, Version) and parsed.model.serial_number:
+            self._learn_serial(parsed.model.serial_number)
+        if isinstance(parsed.model, Vitals) and parsed.model.vehicle_connected is not None:
+            status.vehicle_connected = parsed.model.vehicle_connected
+        if parsed.invalid_fields:
+            logger.debug(
+                "unit %s: %s fields of unexpected type: %s",
+                self.label,
+                endpoint,
+                parsed.invalid_fields,
+            )
+        self._due[endpoint] = max(started + self.interval(endpoint), self._clock())
+        if status.online is not True:
+            logger.info("unit %s online (%s answered)", self.label, endpoint)
+            status.online = True
+        if self._topics is None:
+            if not self._waiting_logged:
+                self._waiting_logged = True
+                logger.info("unit %s: waiting for its serial number to name its topics", self.label)
+            return
+        self._outbox.put(self._topics.availability, "online")
+        for body in status.last_bodies.values() if self._newly_named() else (parsed,):
+            skipped = publish_body(self._outbox, self._topics, body)
+            if skipped:
+                logger.debug(
+                    "unit %s: %d keys of %s have no topic", self.label, skipped, body.endpoint
+                )
+        self._publish_counters()
+
+    def _newly_named(self) -> bool:
+        # Bodies read before the id was known are published once, when it becomes known.
+        if self._waiting_logged:
+            self._waiting_logged = False
+            return True
+        return False
+
+    def _learn_serial(self, serial: str) -> None:
+        if self.status.serial is not None and serial != self.status.serial:
+            logger.warning(
+                "unit %s: serial number changed from %s to %s (a different unit at this address?)",
+                self.label,
+                self.status.serial,
+                serial,
+            )
+        self.status.serial = serial
+        if self._topics is None:
+            candidate = slugify(serial)
+            problem = id_problem(candidate)
+            if problem:
+                logger.error(
+                    "unit %s: serial %r gives no usable topic id (%s); set id",
+                    self.label,
+                    serial,
+                    problem,
+                )
+                return
+            self._adopt_id(candidate)
+
+    def _publish_counters(self) -> None:
+        if self._topics is None:
+            return
+        self._outbox.put(self._topics.poller("failed_requests"), str(self.status.failed_requests))
+        self._outbox.put(self._topics.poller("parse_errors"), str(self.status.parse_errors))
+        if self.status.last_error:
+            self._outbox.put(self._topics.poller("last_error"), self.status.last_error)

@@ -1,0 +1,118 @@
+"""MQTT topic names and payload text: safe topic levels, slugs and plain-value formatting."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import unicodedata
+from decimal import Decimal
+from typing import Any, Final
+
+MAX_ID_LENGTH: Final = 48
+MAX_FIELD_LENGTH: Final = 64
+# Ids that would collide with the bridge's own topics under the base topic.
+RESERVED_IDS: Final = frozenset({"bridge", "group"})
+
+_SLUG_SEPARATORS = re.compile(r"[^a-z0-9]+")
+_FIELD_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+_ID_SHAPE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def slugify(text: str, max_length: int = MAX_ID_LENGTH) -> str:
+    """Turn a display name into a lower-case ``[a-z0-9_]`` slug ("Garage 2" -> "garage_2").
+
+    Accents are folded to ASCII; everything else that is not a letter or digit becomes ``_``.
+    Returns an empty string when nothing usable is left.
+    """
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    slug = _SLUG_SEPARATORS.sub("_", folded.lower()).strip("_")
+    return slug[:max_length].rstrip("_")
+
+
+def id_problem(candidate: str) -> str | None:
+    """Say what is wrong with a connector id as one topic level, or ``None`` when it is fine."""
+    if not candidate:
+        return "must not be empty"
+    if len(candidate) > MAX_ID_LENGTH:
+        return f"must be at most {MAX_ID_LENGTH} characters"
+    if not _ID_SHAPE.match(candidate):
+        return "may contain only a-z, 0-9, '_' and '-', starting with a letter or digit"
+    if candidate in RESERVED_IDS:
+        return f"'{candidate}' is reserved for the bridge's own topics"
+    return None
+
+
+def field_level(key: str) -> str | None:
+    """Return the topic level for a body key, or ``None`` if nothing safe is left.
+
+    Keys the unit really sends (``grid_v``, ``currentA_a``) come through unchanged; anything a
+    future or hostile firmware might send (``/``, ``+``, ``#``, control characters, huge keys) is
+    reduced to ``[A-Za-z0-9_.-]`` and bounded.
+    """
+    level = _FIELD_UNSAFE.sub("_", key)[:MAX_FIELD_LENGTH]
+    if not level.strip("_."):
+        return None
+    return level
+
+
+def validate_base_topic(base: str) -> str | None:
+    """Say what is wrong with a configured base topic, or ``None`` when it is fine."""
+    if not base:
+        return "must not be empty"
+    if base.startswith("/") or base.endswith("/"):
+        return "must not start or end with '/'"
+    if "//" in base:
+        return "must not contain empty levels"
+    if any(ch in base for ch in "+#") or any(not ch.isprintable() for ch in base):
+        return "must not contain '+', '#' or control characters"
+    if len(base.encode("utf-8")) > 128:  # noqa: PLR2004 - leaves room for the rest of the topic
+        return "must be at most 128 bytes"
+    return None
+
+
+def format_number(value: float) -> str | None:
+    """Format a number as plain decimal text (``235.1``, ``0``), or ``None`` if not finite."""
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        return None
+    if value.is_integer() and abs(value) < 1e15:  # noqa: PLR2004 - beyond that floats lose units
+        return str(int(value))
+    text = repr(value)
+    if "e" in text or "E" in text:
+        text = format(Decimal(text), "f")
+    return text
+
+
+def plain_payload(value: Any) -> str | None:  # noqa: ANN401 - any JSON value
+    """Format one field value as the text of its own topic.
+
+    Numbers in decimal, booleans ``true``/``false``, strings as they are, lists and objects as
+    compact JSON. Returns ``None`` for values that must not be published on their own topic:
+    null, non-finite numbers and empty strings (an empty retained payload deletes the topic).
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return format_number(value)
+    if isinstance(value, str):
+        return value or None
+    return compact_json(value)
+
+
+def compact_json(value: Any) -> str:  # noqa: ANN401 - any JSON value
+    """Serialise to compact JSON; non-finite floats become ``null``, never ``NaN``."""
+    return json.dumps(_finite(value), separators=(",", ":"), ensure_ascii=False)
+
+
+def _finite(value: Any) -> Any:  # noqa: ANN401 - any JSON value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _finite(item) for key, item in value.items()}
+    return value

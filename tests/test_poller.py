@@ -1,0 +1,229 @@
+"""The polling loop on a fake clock: schedule, spacing, backoff, availability and topics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+
+from bridge.backoff import Backoff
+from bridge.config import PollingConfig
+from bridge.models import Endpoint
+from bridge.outbox import Outbox
+from bridge.poller import MIN_REQUEST_GAP_S, ConnectorPoller, IdRegistry
+from bridge.twc import TwcBadResponseError, TwcUnreachableError
+
+VITALS_IDLE = {
+    "contactor_closed": False,
+    "vehicle_connected": False,
+    "grid_v": 231.5,
+    "currentA_a": 0.2,
+    "evse_state": 1,
+    "session_energy_wh": 0.0,
+    "current_alerts": [],
+    "future_field": {"x": 1},
+}
+VERSION = {"firmware_version": "25.34.1+gtest", "part_number": "1529455-02-D", "serial_number": "TEST0001"}
+LIFETIME = {"energy_wh": 1000, "avg_startup_temp": None}
+WIFI = {"wifi_ssid": "SG9tZQ==", "wifi_rssi": -55}
+
+
+class FakeTime:
+    """A monotonic clock that only moves when the poller sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeUnit:
+    """Answers like a unit, or fails the way it is told to; records every request."""
+
+    def __init__(self, time_source: FakeTime) -> None:
+        self.time = time_source
+        self.bodies: dict[str, bytes] = {
+            "vitals": json.dumps(VITALS_IDLE).encode(),
+            "version": json.dumps(VERSION).encode(),
+            "lifetime": json.dumps(LIFETIME).encode(),
+            "wifi_status": json.dumps(WIFI).encode(),
+        }
+        self.failure: Callable[[str], Exception] | None = None
+        self.requests: list[tuple[float, str]] = []
+
+    async def fetch(self, endpoint: Endpoint) -> bytes:
+        self.requests.append((self.time.now, endpoint))
+        if self.failure is not None:
+            raise self.failure(endpoint)
+        self.time.now += 0.05  # a request takes a little time
+        return self.bodies[endpoint]
+
+
+def make_poller(
+    configured_id: str | None = "garage", **polling: float
+) -> tuple[ConnectorPoller, FakeUnit, FakeTime, Outbox]:
+    time_source = FakeTime()
+    unit = FakeUnit(time_source)
+    outbox = Outbox(clock=time_source.clock)
+    poller = ConnectorPoller(
+        label="garage",
+        configured_id=configured_id,
+        base_topic="twc3",
+        polling=PollingConfig(**polling),  # type: ignore[arg-type]
+        fetcher=unit,
+        outbox=outbox,
+        registry=IdRegistry(),
+        clock=time_source.clock,
+        sleep=time_source.sleep,
+        backoff=Backoff(initial=2.0, maximum=60.0, jitter=0.0),
+    )
+    return poller, unit, time_source, outbox
+
+
+async def poll_until(poller: ConnectorPoller, time_source: FakeTime, seconds: float) -> None:
+    end = time_source.now + seconds
+    for _ in range(100_000):  # bounded: each poll advances the fake clock
+        if time_source.now >= end:
+            return
+        await poller.poll_once()
+    pytest.fail("poller did not advance the clock")
+
+
+async def test_start_reads_version_first_then_every_endpoint_a_second_apart() -> None:
+    """At start all four endpoints are read once, version first, at least 1 s apart."""
+    poller, unit, time_source, _ = make_poller()
+    for _ in range(4):
+        await poller.poll_once()
+    assert [endpoint for _, endpoint in unit.requests] == ["version", "vitals", "lifetime", "wifi_status"]
+    times = [at for at, _ in unit.requests]
+    assert all(later - earlier >= MIN_REQUEST_GAP_S for earlier, later in zip(times, times[1:], strict=False))
+
+
+async def test_vitals_use_idle_interval_without_vehicle_and_fast_interval_with_one() -> None:
+    """Vitals are read every vitals_idle_s while unplugged and every vitals_s once plugged in."""
+    poller, unit, time_source, _ = make_poller(vitals_s=5, vitals_idle_s=15)
+    await poll_until(poller, time_source, 120)
+    idle_reads = [at for at, endpoint in unit.requests if endpoint == "vitals"]
+    gaps = [b - a for a, b in zip(idle_reads, idle_reads[1:], strict=False)]
+    assert gaps
+    assert all(14 <= gap <= 16.5 for gap in gaps)
+
+    plugged = dict(VITALS_IDLE, vehicle_connected=True)
+    unit.bodies["vitals"] = json.dumps(plugged).encode()
+    unit.requests.clear()
+    await poll_until(poller, time_source, 120)
+    fast_reads = [at for at, endpoint in unit.requests if endpoint == "vitals"]
+    fast_gaps = [b - a for a, b in zip(fast_reads, fast_reads[1:], strict=False)][1:]
+    assert fast_gaps
+    assert all(4.5 <= gap <= 6.5 for gap in fast_gaps)
+
+
+async def test_other_endpoints_follow_their_own_intervals() -> None:
+    """Lifetime and wifi_status are read about once a minute, version once an hour."""
+    poller, unit, time_source, _ = make_poller()
+    await poll_until(poller, time_source, 600)
+    counts = {name: sum(1 for _, e in unit.requests if e == name) for name in ("lifetime", "wifi_status", "version")}
+    assert 9 <= counts["lifetime"] <= 11
+    assert 9 <= counts["wifi_status"] <= 11
+    assert counts["version"] == 1
+
+
+async def test_successful_poll_publishes_body_fields_and_availability() -> None:
+    """A good answer gives the whole body, one topic per non-null field, and availability online."""
+    poller, _, _, outbox = make_poller()
+    for _ in range(4):
+        await poller.poll_once()
+    assert outbox.get("twc3/garage/availability") == "online"
+    assert json.loads(outbox.get("twc3/garage/vitals") or "") == VITALS_IDLE
+    assert outbox.get("twc3/garage/vitals/grid_v") == "231.5"
+    assert outbox.get("twc3/garage/vitals/contactor_closed") == "false"
+    assert outbox.get("twc3/garage/vitals/current_alerts") == "[]"
+    assert outbox.get("twc3/garage/vitals/future_field") == '{"x":1}'
+    assert outbox.get("twc3/garage/version/serial_number") == "TEST0001"
+    assert outbox.get("twc3/garage/lifetime/avg_startup_temp") is None
+    assert json.loads(outbox.get("twc3/garage/lifetime") or "")["avg_startup_temp"] is None
+
+
+async def test_unreachable_unit_goes_offline_after_three_failures_and_backs_off() -> None:
+    """Availability turns offline only at the third consecutive failure; delays grow to the cap."""
+    poller, unit, time_source, outbox = make_poller()
+    for _ in range(4):
+        await poller.poll_once()
+    unit.failure = lambda endpoint: TwcUnreachableError("connection refused", endpoint)
+    await poller.poll_once()
+    await poller.poll_once()
+    assert outbox.get("twc3/garage/availability") == "online"
+    await poller.poll_once()
+    assert outbox.get("twc3/garage/availability") == "offline"
+    assert outbox.get("twc3/garage/poller/last_error") == "vitals: connection refused"
+    # Over ten minutes the capped backoff allows only a bounded number of attempts.
+    unit.requests.clear()
+    await poll_until(poller, time_source, 600)
+    assert 8 <= len(unit.requests) <= 16
+    times = [at for at, _ in unit.requests]
+    assert max(b - a for a, b in zip(times, times[1:], strict=False)) <= 60.5
+
+
+async def test_recovery_sets_online_at_the_first_good_answer_and_resets_backoff() -> None:
+    """The first good answer after an outage publishes online and polling returns to normal pace."""
+    poller, unit, time_source, outbox = make_poller()
+    unit.failure = lambda endpoint: TwcUnreachableError("timeout", endpoint)
+    await poll_until(poller, time_source, 300)
+    assert outbox.get("twc3/garage/availability") == "offline"
+    unit.failure = None
+    await poller.poll_once()
+    assert outbox.get("twc3/garage/availability") == "online"
+    assert poller.status.failure_streak == 0
+    unit.requests.clear()
+    await poll_until(poller, time_source, 60)
+    assert len(unit.requests) >= 5
+
+
+async def test_unparsable_vitals_keep_last_good_state_and_are_counted() -> None:
+    """Garbage from vitals leaves the last good values in place and counts a parse error."""
+    poller, unit, time_source, outbox = make_poller()
+    for _ in range(4):
+        await poller.poll_once()
+    unit.bodies["vitals"] = b"<html>oops</html>"
+    await poll_until(poller, time_source, 40)
+    assert outbox.get("twc3/garage/vitals/grid_v") == "231.5"
+    assert int(outbox.get("twc3/garage/poller/parse_errors") or "0") >= 1
+
+
+async def test_http_error_on_secondary_endpoint_does_not_mark_unit_offline() -> None:
+    """A 500 from wifi_status is counted but the unit stays online while vitals answer."""
+    poller, unit, time_source, outbox = make_poller()
+    original = unit.fetch
+
+    async def wifi_fails(endpoint: Endpoint) -> bytes:
+        if endpoint == "wifi_status":
+            unit.requests.append((time_source.now, endpoint))
+            raise TwcBadResponseError("unexpected response: HTTP 500", endpoint)
+        return await original(endpoint)
+
+    unit.fetch = wifi_fails  # type: ignore[method-assign]
+    await poll_until(poller, time_source, 300)
+    assert outbox.get("twc3/garage/availability") == "online"
+    assert int(outbox.get("twc3/garage/poller/failed_requests") or "0") >= 1
+
+
+async def test_topic_id_comes_from_the_serial_when_not_configured() -> None:
+    """Without id or name the serial number in lower case names the topics."""
+    poller, _, _, outbox = make_poller(configured_id=None)
+    for _ in range(4):
+        await poller.poll_once()
+    assert outbox.get("twc3/test0001/availability") == "online"
+    assert outbox.get("twc3/test0001/vitals/grid_v") == "231.5"
+
+
+async def test_same_topic_id_claimed_twice_publishes_only_the_first_unit() -> None:
+    """A second unit that would get an id already in use publishes nothing under it."""
+    registry = IdRegistry()
+    assert registry.claim("garage", "first") is None
+    assert registry.claim("garage", "second") == "first"
+    assert registry.claim("garage", "first") is None
