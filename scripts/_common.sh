@@ -46,5 +46,10 @@ ensure_venv() {
     fi
   fi
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  "$VENV/bin/python" -m pip install -q -e "$ROOT$extras"
+  # Build back-ends chatter even with -q; keep their output for when something goes wrong.
+  if ! "$VENV/bin/python" -m pip install -q -e "$ROOT$extras" >"$VENV/pip-install.log" 2>&1; then
+    cat "$VENV/pip-install.log" >&2
+    echo "error: installing the project into $VENV failed (output above)" >&2
+    exit 1
+  fi
 }

@@ -1,0 +1,347 @@
+"""TwcClient: one GET per endpoint, bounded bodies, and failures mapped to short reasons."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections.abc import AsyncIterator, Callable, Coroutine
+
+import httpx
+import pytest
+
+from bridge.twc import (
+    MAX_BODY_BYTES,
+    TwcBadResponseError,
+    TwcClient,
+    TwcError,
+    TwcUnreachableError,
+)
+
+VITALS = b'{"contactor_closed":false,"grid_v":241.3,"pilot_low_v":-0.0,"avg":nan'
+
+Handler = (
+    Callable[[httpx.Request], httpx.Response]
+    | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
+)
+
+
+class _Stream(httpx.AsyncByteStream):
+    """A response body delivered like a real socket's, in chunks, not pre-read."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self._chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
+
+
+def _response(status: int, body: bytes = b"", **headers: str) -> httpx.Response:
+    # httpx reads a bytes `content=` eagerly, which a real transport never does; stream it.
+    headers.setdefault("content-length", str(len(body)))
+    return httpx.Response(status, headers=headers, stream=_Stream(body))
+
+
+def _client(handler: Handler, max_body_bytes: int = MAX_BODY_BYTES) -> TwcClient:
+    return TwcClient(
+        "http://192.0.2.50",
+        transport=httpx.MockTransport(handler),
+        max_body_bytes=max_body_bytes,
+    )
+
+
+async def _fetch(
+    handler: Handler, endpoint: str = "vitals", max_body_bytes: int = MAX_BODY_BYTES
+) -> bytes:
+    client = _client(handler, max_body_bytes)
+    try:
+        return await client.fetch(endpoint)
+    finally:
+        await client.aclose()
+
+
+async def _fetch_error(handler: Handler, endpoint: str = "vitals") -> TwcError:
+    with pytest.raises(TwcError) as caught:
+        await _fetch(handler, endpoint)
+    return caught.value
+
+
+def _raiser(error: Exception) -> Handler:
+    def handler(_request: httpx.Request) -> httpx.Response:
+        raise error
+
+    return handler
+
+
+# --- successful reads ---------------------------------------------------------------------------
+
+
+async def test_ok_body_is_returned_verbatim() -> None:
+    """A 200 body comes back byte for byte, invalid JSON quirks included."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return _response(200, VITALS)
+
+    async with asyncio.timeout(5):
+        assert await _fetch(handler) == VITALS
+    assert len(seen) == 1
+    assert seen[0].method == "GET"
+    assert str(seen[0].url) == "http://192.0.2.50/api/1/vitals"
+
+
+@pytest.mark.parametrize("endpoint", ["vitals", "lifetime", "version", "wifi_status"])
+async def test_each_endpoint_is_read_from_its_path(endpoint: str) -> None:
+    """fetch(endpoint) requests /api/1/<endpoint>."""
+    paths: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        return _response(200, b"{}")
+
+    async with asyncio.timeout(5):
+        assert await _fetch(handler, endpoint) == b"{}"
+    assert paths == [f"/api/1/{endpoint}"]
+
+
+async def test_request_asks_for_an_uncompressed_body() -> None:
+    """The request says Accept-Encoding: identity, so the size bound holds for what is read."""
+    headers: list[httpx.Headers] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers.append(request.headers)
+        return _response(200, b"{}")
+
+    async with asyncio.timeout(5):
+        await _fetch(handler)
+    assert headers[0]["accept-encoding"] == "identity"
+
+
+async def test_streamed_body_without_length_is_joined() -> None:
+    """A chunked body without Content-Length is read whole."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"a":'
+        yield b"1}"
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=chunks())
+
+    async with asyncio.timeout(5):
+        assert await _fetch(handler) == b'{"a":1}'
+
+
+async def test_body_of_exactly_the_limit_is_accepted() -> None:
+    """A body exactly max_body_bytes long is still returned."""
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return _response(200, b"x" * 16)
+
+    async with asyncio.timeout(5):
+        assert await _fetch(handler, max_body_bytes=16) == b"x" * 16
+
+
+async def test_empty_body_is_returned() -> None:
+    """An empty 200 body is returned (the parser, not the client, refuses it)."""
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return _response(200)
+
+    async with asyncio.timeout(5):
+        assert await _fetch(handler) == b""
+
+
+async def test_client_can_be_reused() -> None:
+    """One client reads several endpoints one after the other."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return _response(200, request.url.path.encode())
+
+    client = _client(handler)
+    try:
+        async with asyncio.timeout(5):
+            assert await client.fetch("vitals") == b"/api/1/vitals"
+            assert await client.fetch("version") == b"/api/1/version"
+    finally:
+        await client.aclose()
+
+
+# --- answers that are not a usable body ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [500, 404, 301, 204, 401, 503])
+async def test_non_200_status_is_bad_response(status: int) -> None:
+    """Any status other than 200 is TwcBadResponseError with the status in the reason."""
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return _response(status, b"{}", location="http://elsewhere/")
+
+    async with asyncio.timeout(5):
+        error = await _fetch_error(handler)
+    assert isinstance(error, TwcBadResponseError)
+    assert str(status) in error.reason
+    assert error.reason == f"unexpected response: HTTP {status}"
+    assert error.endpoint == "vitals"
+    assert str(error) == f"vitals: unexpected response: HTTP {status}"
+
+
+async def test_redirect_is_not_followed() -> None:
+    """A redirect is reported, not followed to another host."""
+    paths: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(str(request.url))
+        return _response(302, location="http://192.0.2.99/api/1/vitals")
+
+    async with asyncio.timeout(5):
+        error = await _fetch_error(handler)
+    assert isinstance(error, TwcBadResponseError)
+    assert paths == ["http://192.0.2.50/api/1/vitals"]
+
+
+async def test_oversize_declared_content_length_is_bad_response() -> None:
+    """A Content-Length over the limit is refused before the body is read."""
+    read = False
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal read
+        read = True
+        yield b"x"
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"content-length": str(MAX_BODY_BYTES + 1)}, content=body()
+        )
+
+    async with asyncio.timeout(5):
+        error = await _fetch_error(handler)
+    assert isinstance(error, TwcBadResponseError)
+    assert error.reason == f"unexpected response: body of {MAX_BODY_BYTES + 1} bytes"
+    assert not read
+
+
+async def test_oversize_streamed_body_without_length_is_bad_response() -> None:
+    """A chunked body that grows past the limit is cut off and refused."""
+    sent = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(1000):
+            sent += 1
+            yield b"x" * 1024
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body())
+
+    async with asyncio.timeout(5):
+        error = await _fetch_error(handler)
+    assert isinstance(error, TwcBadResponseError)
+    assert error.reason == f"unexpected response: body over {MAX_BODY_BYTES} bytes"
+    assert sent <= MAX_BODY_BYTES // 1024 + 1  # reading stopped at the limit
+
+
+async def test_body_longer_than_its_declared_length_is_cut_off() -> None:
+    """A body that declares a small length but streams more is still bounded."""
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return _response(200, b"x" * 100, **{"content-length": "10"})
+
+    async with asyncio.timeout(5):
+        with pytest.raises(TwcBadResponseError, match="body over 50 bytes"):
+            await _fetch(handler, max_body_bytes=50)
+
+
+# --- no answer ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (httpx.ConnectError("[Errno 111] Connection refused"), "connection refused"),
+        (httpx.ConnectError("All connection attempts failed"), "connection failed"),
+        (httpx.ConnectError("[Errno 113] No route to host"), "no route"),
+        (httpx.ConnectError("[Errno -2] Name or service not known"), "host name not found"),
+        (httpx.ConnectTimeout("timed out"), "timeout"),
+        (httpx.ReadTimeout("timed out"), "timeout"),
+        (httpx.PoolTimeout("timed out"), "timeout"),
+        (httpx.WriteTimeout("timed out"), "timeout"),
+        (httpx.ReadError("reset"), "connection dropped (ReadError)"),
+        (httpx.WriteError("broken pipe"), "connection dropped (WriteError)"),
+        (httpx.RemoteProtocolError("peer closed"), "connection dropped (RemoteProtocolError)"),
+        (httpx.UnsupportedProtocol("nope"), "request failed (UnsupportedProtocol)"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else type(value).__name__,
+)
+async def test_transport_error_is_unreachable(error: Exception, reason: str) -> None:
+    """Each transport failure becomes TwcUnreachableError with its short reason."""
+    async with asyncio.timeout(5):
+        caught = await _fetch_error(_raiser(error))
+    assert isinstance(caught, TwcUnreachableError)
+    assert caught.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("cause", "reason"),
+    [
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed"), "connection refused"),
+        (OSError(errno.ECONNREFUSED, "refused"), "connection refused"),
+        (socket.gaierror(socket.EAI_NONAME, "unknown"), "host name not found"),
+        (OSError(errno.EHOSTUNREACH, "unreachable"), "no route"),
+        (OSError(errno.ENETUNREACH, "unreachable"), "no route"),
+        (OSError(errno.EADDRNOTAVAIL, "cannot assign"), "no route"),
+    ],
+    ids=["refused", "oserror-refused", "gaierror", "hostunreach", "netunreach", "addrnotavail"],
+)
+async def test_connect_error_reason_comes_from_its_cause(cause: OSError, reason: str) -> None:
+    """The reason is read from the OS error behind a ConnectError, not only from its text."""
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("opaque") from cause
+
+    async with asyncio.timeout(5):
+        caught = await _fetch_error(handler)
+    assert isinstance(caught, TwcUnreachableError)
+    assert caught.reason == reason
+
+
+async def test_unit_that_never_answers_hits_the_total_deadline() -> None:
+    """A unit that keeps the request open forever is a timeout, via the whole-request deadline."""
+
+    async def handler(_request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(30)
+        return _response(200)
+
+    client = _client(handler)
+    client.total_timeout_s = 0.05
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(TwcUnreachableError) as caught:
+                await client.fetch("lifetime")
+    finally:
+        await client.aclose()
+    assert caught.value.reason == "timeout"
+    assert caught.value.endpoint == "lifetime"
+
+
+def test_total_deadline_covers_connect_and_read() -> None:
+    """The whole-request deadline is longer than connect plus read timeouts."""
+    client = TwcClient("http://192.0.2.50", connect_timeout_s=2, read_timeout_s=3)
+    assert client.total_timeout_s > 5
+
+
+async def test_closed_loopback_port_is_connection_refused() -> None:
+    """A real connection to a closed port on 127.0.0.1 is reported as "connection refused"."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = TwcClient(f"http://127.0.0.1:{port}", connect_timeout_s=2, read_timeout_s=2)
+    try:
+        async with asyncio.timeout(10):
+            with pytest.raises(TwcUnreachableError) as caught:
+                await client.fetch("vitals")
+    finally:
+        await client.aclose()
+    assert caught.value.reason == "connection refused"
+    assert caught.value.endpoint == "vitals"
