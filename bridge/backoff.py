@@ -31,7 +31,10 @@ class Backoff:
 
     def next_delay(self) -> float:
         """Record one more failure and return how long to wait before the next attempt."""
-        base = min(self.maximum, self.initial * self.factor ** min(self.failures, 64))
+        try:
+            base = min(self.maximum, self.initial * self.factor ** min(self.failures, 64))
+        except OverflowError:
+            base = self.maximum
         self.failures += 1
         spread = 1 + self.jitter * (2 * self._rand() - 1)
         return min(self.maximum, base * spread)

@@ -271,7 +271,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part.startswith(("function-", "constrained-")) or part in {"str", "float", "int"}:
+        elif part.startswith(("function-", "constrained-")):
             continue  # pydantic's internal validator names say nothing to a user
         else:
             text += f".{part}" if text else part

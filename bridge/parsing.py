@@ -76,7 +76,7 @@ def decode_body(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         text = repaired.decode("utf-8", "replace")
     value = _try_loads(text)
-    if value is None and not text.endswith("}"):
+    if value is None:
         # Firmware intermittently omits the final brace (HA forum 311670 p3, HA #81443).
         value = _try_loads(text + "}")
     if value is None:

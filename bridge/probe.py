@@ -19,16 +19,22 @@ _IPV4: Final = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
 
 
 def redact_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a body with identifying values replaced."""
-    redacted: dict[str, Any] = {}
-    for key, value in fields.items():
-        if key in _SECRET_FIELDS and value is not None:
-            redacted[key] = REDACTED
-        elif isinstance(value, str):
-            redacted[key] = _IPV4.sub(REDACTED, value)
-        else:
-            redacted[key] = value
+    """A copy of a body with identifying values replaced, at any depth."""
+    redacted = _redact(fields)
+    assert isinstance(redacted, dict)  # noqa: S101 - _redact keeps the shape of its input
     return redacted
+
+
+def _redact(value: Any, key: str = "") -> Any:  # noqa: ANN401 - walks untyped JSON
+    if key in _SECRET_FIELDS and value is not None:
+        return REDACTED
+    if isinstance(value, str):
+        return _IPV4.sub(REDACTED, value)
+    if isinstance(value, list):
+        return [_redact(item) for item in value]
+    if isinstance(value, dict):
+        return {name: _redact(item, name) for name, item in value.items()}
+    return value
 
 
 def render_report(host: str, results: dict[str, ParsedBody | str], *, redact: bool) -> str:

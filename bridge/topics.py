@@ -16,7 +16,7 @@ RESERVED_IDS: Final = frozenset({"bridge", "group"})
 
 _SLUG_SEPARATORS = re.compile(r"[^a-z0-9]+")
 _FIELD_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
-_ID_SHAPE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_ID_SHAPE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 
 def slugify(text: str, max_length: int = MAX_ID_LENGTH) -> str:
@@ -36,7 +36,7 @@ def id_problem(candidate: str) -> str | None:
         return "must not be empty"
     if len(candidate) > MAX_ID_LENGTH:
         return f"must be at most {MAX_ID_LENGTH} characters"
-    if not _ID_SHAPE.match(candidate):
+    if not _ID_SHAPE.fullmatch(candidate):
         return "may contain only a-z, 0-9, '_' and '-', starting with a letter or digit"
     if candidate in RESERVED_IDS:
         return f"'{candidate}' is reserved for the bridge's own topics"
@@ -60,6 +60,8 @@ def validate_base_topic(base: str) -> str | None:
     """Say what is wrong with a configured base topic, or ``None`` when it is fine."""
     if not base:
         return "must not be empty"
+    if base.startswith("$"):
+        return "must not start with '$' (brokers reserve those topics)"
     if base.startswith("/") or base.endswith("/"):
         return "must not start or end with '/'"
     if "//" in base:

@@ -69,7 +69,10 @@ class Broker:
             )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
                 return
             if self.process.poll() is not None:
                 break
@@ -98,7 +101,9 @@ async def collect_retained(
 ) -> dict[str, str]:
     """Subscribe and return every retained topic and payload delivered until the flow goes quiet."""
     found: dict[str, str] = {}
-    async with aiomqtt.Client("127.0.0.1", port, identifier=f"test-reader-{time.monotonic_ns()}") as client:
+    async with aiomqtt.Client(
+        "127.0.0.1", port, identifier=f"test-reader-{time.monotonic_ns()}"
+    ) as client:
         await client.subscribe(pattern, qos=1)
         deadline = time.monotonic() + limit_s
         with contextlib.suppress(TimeoutError):
@@ -127,12 +132,16 @@ async def wait_for_retained(
             if predicate(found):
                 return found
         await asyncio.sleep(0.3)
-    pytest.fail(f"condition not met within {limit_s} s; retained topics: {sorted(found.items())[:60]}")
+    pytest.fail(
+        f"condition not met within {limit_s} s; retained topics: {sorted(found.items())[:60]}"
+    )
 
 
 @contextlib.asynccontextmanager
 async def subscriber(port: int, pattern: str = "#") -> AsyncIterator[aiomqtt.Client]:
     """A connected client subscribed to ``pattern``."""
-    async with aiomqtt.Client("127.0.0.1", port, identifier=f"test-sub-{time.monotonic_ns()}") as client:
+    async with aiomqtt.Client(
+        "127.0.0.1", port, identifier=f"test-sub-{time.monotonic_ns()}"
+    ) as client:
         await client.subscribe(pattern, qos=1)
         yield client

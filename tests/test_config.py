@@ -91,6 +91,51 @@ def test_minimal_config_loads_with_defaults(tmp_path: Path) -> None:
     assert connector.polling(config.polling) == config.polling
 
 
+def test_full_readme_example_loads(tmp_path: Path) -> None:
+    """The README's annotated example (comments and all) loads with its override."""
+    text = """\
+[mqtt]
+host = "localhost"        # default localhost
+port = 1883               # default 1883
+base_topic = "twc3"       # default twc3
+
+[polling]                 # every key may also be set on a single connector
+vitals_s = 5
+vitals_idle_s = 15
+lifetime_s = 60
+wifi_status_s = 60
+version_s = 3600
+connect_timeout_s = 5
+read_timeout_s = 15
+offline_after = 3
+backoff_max_s = 60
+
+[logging]
+level = "info"
+
+[[connectors]]
+host = "192.168.1.50"     # host or host:port (IPv6: "[fe80::1]:80")
+name = "Garage"
+id = "garage"
+
+[[connectors]]
+host = "192.168.1.51"
+vitals_s = 2              # per-connector override
+"""
+    config = _load(tmp_path, text)
+    assert config.polling == PollingConfig()
+    assert [c.configured_id() for c in config.connectors] == ["garage", None]
+    assert config.connectors[1].polling(config.polling).vitals_s == 2
+    assert config.connectors[0].polling(config.polling).vitals_s == 5
+
+
+def test_connectors_only_file_loads(tmp_path: Path) -> None:
+    """Only [[connectors]] with a host is required."""
+    config = _load(tmp_path, '[[connectors]]\nhost = "[fe80::1]:80"\n')
+    assert config.connectors[0].address == ("fe80::1", 80)
+    assert config.connectors[0].base_url == "http://[fe80::1]"
+
+
 def test_empty_mqtt_section_uses_defaults(tmp_path: Path) -> None:
     """Without [mqtt] the broker is localhost:1883 under base topic twc3."""
     config = _load(tmp_path, _connector())
@@ -210,12 +255,6 @@ def test_unknown_section_is_named(tmp_path: Path) -> None:
     assert problems == ["polling_extra: unknown key (check the spelling)"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in bridge/config.py _location(): loc parts named 'str', 'int' or 'float' are "
-    "dropped as pydantic internals even when they are the user's own (misspelt) key, so the "
-    "line says 'mqtt: unknown key' without naming the key",
-)
 def test_unknown_key_named_like_a_type_is_named(tmp_path: Path) -> None:
     """An unknown key called `int` is still named in the problem line."""
     problems = _problems(tmp_path, MQTT_ONLY + "int = 5\n" + _connector())
@@ -335,11 +374,6 @@ def test_invalid_explicit_id(tmp_path: Path, bad_id: str) -> None:
     assert problems[0].startswith("connectors[0].id: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in bridge/topics.py id_problem(): the '$' in _ID_SHAPE matches before a trailing "
-    'newline, so id = "garage\\n" is accepted and would put a newline in every topic',
-)
 def test_id_with_trailing_newline_is_refused(tmp_path: Path) -> None:
     """An id ending in a newline is not a valid topic level."""
     problems = _problems(tmp_path, MQTT_ONLY + _connector('id = "garage\\n"'))

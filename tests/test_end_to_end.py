@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ class Site:
     log: Path
 
     def log_text(self) -> str:
+        """Everything the bridge logged so far."""
         return self.log.read_text(errors="replace")
 
 
@@ -73,7 +73,12 @@ def start_bridge(config: Path, log: Path) -> subprocess.Popen[bytes]:
 @pytest.fixture
 async def site(broker: Broker, tmp_path: Path) -> AsyncIterator[Site]:
     units = [
-        SimulatedUnit("SIME2E000001", wiring="eu_three_phase", seed=1, scenario=Scenario(start_state="charging")),
+        SimulatedUnit(
+            "SIME2E000001",
+            wiring="eu_three_phase",
+            seed=1,
+            scenario=Scenario(start_state="charging"),
+        ),
         SimulatedUnit("SIME2E000002", wiring="na_split_phase", seed=2),
         SimulatedUnit("SIME2E000003", wiring="eu_three_phase", seed=3),
     ]
@@ -123,7 +128,7 @@ async def test_bridge_publishes_every_field_of_every_unit(site: Site, broker: Br
         wifi = json.loads(found[f"twc3/{unit_id}/wifi_status"])
         assert found[f"twc3/{unit_id}/wifi_status/wifi_ssid"] == wifi["wifi_ssid"]
     assert all(payload != "" for payload in found.values())
-    assert not any("nan" == payload.lower() for payload in found.values())
+    assert not any(payload.lower() == "nan" for payload in found.values())
 
 
 async def test_broker_restart_republishes_everything(site: Site, broker: Broker) -> None:
@@ -142,7 +147,9 @@ async def test_broker_restart_republishes_everything(site: Site, broker: Broker)
     assert "again" in site.log_text()
 
 
-async def test_unreachable_unit_goes_offline_while_others_keep_updating(site: Site, broker: Broker) -> None:
+async def test_unreachable_unit_goes_offline_while_others_keep_updating(
+    site: Site, broker: Broker
+) -> None:
     """Refusing connections turns one unit offline; the others' uptime keeps moving."""
     async with asyncio.timeout(90):
         await wait_for_retained(broker.port, everything_published, pattern="twc3/#")
@@ -181,9 +188,7 @@ async def test_sigterm_publishes_offline_and_exits_cleanly(site: Site, broker: B
     async with asyncio.timeout(60):
         await wait_for_retained(broker.port, everything_published, pattern="twc3/#")
         site.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while site.process.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        await asyncio.to_thread(site.process.wait, 15)
         found = await collect_retained(broker.port, "twc3/bridge/state")
     assert site.process.returncode == 0, site.log_text()
     assert found["twc3/bridge/state"] == "offline"

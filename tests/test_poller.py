@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from itertools import pairwise
 
 import pytest
 
@@ -24,7 +25,11 @@ VITALS_IDLE = {
     "current_alerts": [],
     "future_field": {"x": 1},
 }
-VERSION = {"firmware_version": "25.34.1+gtest", "part_number": "1529455-02-D", "serial_number": "TEST0001"}
+VERSION = {
+    "firmware_version": "25.34.1+gtest",
+    "part_number": "1529455-02-D",
+    "serial_number": "TEST0001",
+}
 LIFETIME = {"energy_wh": 1000, "avg_startup_temp": None}
 WIFI = {"wifi_ssid": "SG9tZQ==", "wifi_rssi": -55}
 
@@ -36,9 +41,11 @@ class FakeTime:
         self.now = 1000.0
 
     def clock(self) -> float:
+        """The current fake time."""
         return self.now
 
     async def sleep(self, seconds: float) -> None:
+        """Advance the fake time instead of waiting."""
         self.now += seconds
 
 
@@ -57,6 +64,7 @@ class FakeUnit:
         self.requests: list[tuple[float, str]] = []
 
     async def fetch(self, endpoint: Endpoint) -> bytes:
+        """Answer or fail one request."""
         self.requests.append((self.time.now, endpoint))
         if self.failure is not None:
             raise self.failure(endpoint)
@@ -74,7 +82,7 @@ def make_poller(
         label="garage",
         configured_id=configured_id,
         base_topic="twc3",
-        polling=PollingConfig(**polling),  # type: ignore[arg-type]
+        polling=PollingConfig(**polling),
         fetcher=unit,
         outbox=outbox,
         registry=IdRegistry(),
@@ -96,12 +104,17 @@ async def poll_until(poller: ConnectorPoller, time_source: FakeTime, seconds: fl
 
 async def test_start_reads_version_first_then_every_endpoint_a_second_apart() -> None:
     """At start all four endpoints are read once, version first, at least 1 s apart."""
-    poller, unit, time_source, _ = make_poller()
+    poller, unit, _, _ = make_poller()
     for _ in range(4):
         await poller.poll_once()
-    assert [endpoint for _, endpoint in unit.requests] == ["version", "vitals", "lifetime", "wifi_status"]
+    assert [endpoint for _, endpoint in unit.requests] == [
+        "version",
+        "vitals",
+        "lifetime",
+        "wifi_status",
+    ]
     times = [at for at, _ in unit.requests]
-    assert all(later - earlier >= MIN_REQUEST_GAP_S for earlier, later in zip(times, times[1:], strict=False))
+    assert all(later - earlier >= MIN_REQUEST_GAP_S for earlier, later in pairwise(times))
 
 
 async def test_vitals_use_idle_interval_without_vehicle_and_fast_interval_with_one() -> None:
@@ -109,7 +122,7 @@ async def test_vitals_use_idle_interval_without_vehicle_and_fast_interval_with_o
     poller, unit, time_source, _ = make_poller(vitals_s=5, vitals_idle_s=15)
     await poll_until(poller, time_source, 120)
     idle_reads = [at for at, endpoint in unit.requests if endpoint == "vitals"]
-    gaps = [b - a for a, b in zip(idle_reads, idle_reads[1:], strict=False)]
+    gaps = [b - a for a, b in pairwise(idle_reads)]
     assert gaps
     assert all(14 <= gap <= 16.5 for gap in gaps)
 
@@ -118,7 +131,7 @@ async def test_vitals_use_idle_interval_without_vehicle_and_fast_interval_with_o
     unit.requests.clear()
     await poll_until(poller, time_source, 120)
     fast_reads = [at for at, endpoint in unit.requests if endpoint == "vitals"]
-    fast_gaps = [b - a for a, b in zip(fast_reads, fast_reads[1:], strict=False)][1:]
+    fast_gaps = [b - a for a, b in pairwise(fast_reads)][1:]
     assert fast_gaps
     assert all(4.5 <= gap <= 6.5 for gap in fast_gaps)
 
@@ -127,7 +140,10 @@ async def test_other_endpoints_follow_their_own_intervals() -> None:
     """Lifetime and wifi_status are read about once a minute, version once an hour."""
     poller, unit, time_source, _ = make_poller()
     await poll_until(poller, time_source, 600)
-    counts = {name: sum(1 for _, e in unit.requests if e == name) for name in ("lifetime", "wifi_status", "version")}
+    counts = {
+        name: sum(1 for _, e in unit.requests if e == name)
+        for name in ("lifetime", "wifi_status", "version")
+    }
     assert 9 <= counts["lifetime"] <= 11
     assert 9 <= counts["wifi_status"] <= 11
     assert counts["version"] == 1
@@ -166,7 +182,7 @@ async def test_unreachable_unit_goes_offline_after_three_failures_and_backs_off(
     await poll_until(poller, time_source, 600)
     assert 8 <= len(unit.requests) <= 16
     times = [at for at, _ in unit.requests]
-    assert max(b - a for a, b in zip(times, times[1:], strict=False)) <= 60.5
+    assert max(b - a for a, b in pairwise(times)) <= 60.5
 
 
 async def test_recovery_sets_online_at_the_first_good_answer_and_resets_backoff() -> None:

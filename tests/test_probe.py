@@ -101,12 +101,6 @@ def test_redact_fields_leaves_version_numbers_alone() -> None:
     assert redact_fields({"firmware_version": "25.34.1"}) == {"firmware_version": "25.34.1"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor) in bridge/probe.py redact_fields(): IPv4 scrubbing only looks at "
-    "top-level string values, so an address inside a list or object (e.g. a future "
-    "'dns': ['192.168.1.1'] key) is printed by --redact",
-)
 def test_redact_fields_scrubs_ipv4_inside_lists() -> None:
     """IPv4 addresses nested in list values are hidden as well."""
     redacted = redact_fields({"dns": ["192.168.1.1"], "net": {"gw": "192.168.1.254"}})
