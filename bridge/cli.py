@@ -44,6 +44,9 @@ def _load(args: argparse.Namespace) -> BridgeConfig | None:
     if path is None:
         print(f"error: no configuration: pass --config FILE or set {CONFIG_ENV}", file=sys.stderr)
         return None
+    if not path.is_file():
+        print(f"error: configuration file {path} not found", file=sys.stderr)
+        return None
     try:
         return load_config(path)
     except ConfigError as error:

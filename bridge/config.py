@@ -6,7 +6,7 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -187,34 +187,68 @@ class BridgeConfig(_Strict):
 
     @model_validator(mode="after")
     def _ids_unique_and_usable(self) -> Self:
-        seen: dict[str, int] = {}
-        for index, connector in enumerate(self.connectors):
-            if connector.id is None and connector.name is not None and not slugify(connector.name):
-                raise ValueError(
-                    f"connectors[{index}]: name {connector.name!r} gives no usable topic id; set id"
-                )
-            topic_id = connector.configured_id()
-            if topic_id is None:
-                continue
-            problem = id_problem(topic_id)
-            if problem:
-                raise ValueError(f"connectors[{index}]: id {topic_id!r} from the name {problem}")
-            if topic_id in seen:
-                raise ValueError(
-                    f"connectors[{index}]: id {topic_id!r} is already used by "
-                    f"connectors[{seen[topic_id]}]; give one of them another id"
-                )
-            seen[topic_id] = index
-        hosts: dict[tuple[str, int], int] = {}
-        for index, connector in enumerate(self.connectors):
-            address = (connector.address[0].lower(), connector.address[1])
-            if address in hosts:
-                raise ValueError(
-                    f"connectors[{index}]: host {connector.host!r} is already "
-                    f"connectors[{hosts[address]}]"
-                )
-            hosts[address] = index
+        problems = connector_clashes([c.model_dump() for c in self.connectors])
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
+
+
+def connector_clashes(connectors: list[Any]) -> list[str]:
+    """Ids and hosts used twice, or names that give no id, from raw or validated entries.
+
+    Works on raw TOML tables too, so these problems are reported alongside field errors.
+    """
+    problems: list[str] = []
+    ids: dict[str, int] = {}
+    hosts: dict[tuple[str, int], int] = {}
+    for index, entry in enumerate(connectors):
+        if not isinstance(entry, dict):
+            continue
+        topic_id, problem = _entry_topic_id(entry)
+        if problem:
+            problems.append(f"connectors[{index}]: {problem}")
+        if topic_id is not None:
+            if topic_id in ids:
+                problems.append(
+                    f"connectors[{index}]: id {topic_id!r} is already used by "
+                    f"connectors[{ids[topic_id]}]; give one of them another id"
+                )
+            ids.setdefault(topic_id, index)
+        address = _entry_address(entry)
+        if address is not None:
+            if address in hosts:
+                first = hosts[address]
+                problems.append(
+                    f"connectors[{index}]: host {entry['host']!r} is already connectors[{first}]"
+                )
+            hosts.setdefault(address, index)
+    return problems
+
+
+def _entry_topic_id(entry: dict[str, Any]) -> tuple[str | None, str | None]:
+    raw_id, name = entry.get("id"), entry.get("name")
+    if isinstance(raw_id, str):
+        return raw_id, None
+    if not isinstance(name, str) or not name.strip():
+        return None, None  # a blank name is reported by the field check
+    topic_id = slugify(name)
+    if not topic_id:
+        return None, f"name {name!r} gives no usable topic id; set id"
+    problem = id_problem(topic_id)
+    if problem:
+        return None, f"id {topic_id!r} from the name {problem}"
+    return topic_id, None
+
+
+def _entry_address(entry: dict[str, Any]) -> tuple[str, int] | None:
+    host = entry.get("host")
+    if not isinstance(host, str):
+        return None
+    try:
+        address, port = parse_host(host)
+    except ValueError:
+        return None
+    return address.lower(), port
 
 
 def parse_host(value: str) -> tuple[str, int]:
@@ -288,7 +322,10 @@ def describe_validation_error(error: ValidationError) -> list[str]:
         elif detail["type"] == "missing":
             message = "required key is missing"
         where = _location(tuple(detail["loc"]))
-        lines.append(f"{where}: {message}" if where else message)
+        if where:
+            lines.append(f"{where}: {message}")
+        else:  # a model-level check may report several problems at once
+            lines.extend(message.splitlines())
     return lines
 
 
@@ -319,7 +356,11 @@ def load_config(path: Path, environ: dict[str, str] | None = None) -> BridgeConf
     try:
         config = BridgeConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(describe_validation_error(error)) from None
+        problems = describe_validation_error(error)
+        raw_connectors = data.get("connectors")
+        if isinstance(raw_connectors, list):
+            problems.extend(p for p in connector_clashes(raw_connectors) if p not in problems)
+        raise ConfigError(problems) from None
     if not config.connectors:
         raise ConfigError(["connectors: no [[connectors]] configured; add at least one"])
     return config

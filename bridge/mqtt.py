@@ -70,7 +70,9 @@ class MqttLink:
         self.subscriptions = subscriptions
         self._on_message = on_message
         self._on_connect = on_connect
-        self._backoff = backoff or Backoff(initial=1.0, maximum=config.reconnect_max_s)
+        self._backoff = backoff or Backoff(
+            initial=min(1.0, config.reconnect_max_s), maximum=config.reconnect_max_s
+        )
         self.connected = asyncio.Event()
         self.connections = 0
 

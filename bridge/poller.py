@@ -96,7 +96,9 @@ class ConnectorPoller:
         self._registry = registry
         self._clock = clock
         self._sleep = sleep
-        self._backoff = backoff or Backoff(initial=2.0, maximum=polling.backoff_max_s)
+        self._backoff = backoff or Backoff(
+            initial=min(2.0, polling.backoff_max_s), maximum=polling.backoff_max_s
+        )
         self._topics: UnitTopics | None = None
         self._waiting_logged = False
         self._endpoint_failing: set[Endpoint] = set()
