@@ -8,15 +8,63 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Final
 
+from bridge.announce import Announcer, Reannouncer
 from bridge.config import BridgeConfig, ConnectorConfig
+from bridge.discovery import Site, UnitInfo
+from bridge.models import ENDPOINTS, Version, WifiStatus
 from bridge.mqtt import MqttLink
 from bridge.outbox import Outbox
 from bridge.poller import ConnectorPoller, IdRegistry
+from bridge.publishing import MAX_FIELDS_PER_BODY
+from bridge.statefile import StateFile
+from bridge.topics import field_level
 from bridge.twc import TwcClient
 
 logger = logging.getLogger(__name__)
 
 POLLER_RESTART_DELAY_S: Final = 30.0
+
+
+STATE_FILE_NAME: Final = "state.json"
+
+
+def connector_owner(connector: ConnectorConfig) -> str:
+    """The key that ties announced discovery configs to one config entry across restarts."""
+    return connector.configured_id() or connector.host
+
+
+def unit_info(poller: ConnectorPoller, connector: ConnectorConfig) -> UnitInfo | None:
+    """What discovery needs about a polled unit, once its id and serial number are known."""
+    status = poller.status
+    if poller.topics is None or status.serial is None:
+        return None
+    version = status.last_bodies.get("version")
+    wifi = status.last_bodies.get("wifi_status")
+    version_model = version.model if version and isinstance(version.model, Version) else None
+    wifi_model = wifi.model if wifi and isinstance(wifi.model, WifiStatus) else None
+    return UnitInfo(
+        unit_id=poller.topics.unit_id,
+        serial=status.serial,
+        name=connector.name,
+        part_number=version_model.part_number if version_model else None,
+        firmware=version_model.firmware_version if version_model else None,
+        mac=wifi_model.wifi_mac if wifi_model else None,
+        configuration_url=connector.base_url + "/",
+    )
+
+
+def announced_fields(poller: ConnectorPoller) -> dict[str, list[str]]:
+    """The topic level of every key in each endpoint's latest body, in the unit's order."""
+    fields: dict[str, list[str]] = {}
+    for endpoint in ENDPOINTS:
+        body = poller.status.last_bodies.get(endpoint)
+        if body is None:
+            continue
+        levels = dict.fromkeys(
+            level for key in body.fields if (level := field_level(key)) is not None
+        )
+        fields[endpoint] = list(levels)[:MAX_FIELDS_PER_BODY]
+    return fields
 
 
 def connector_label(connector: ConnectorConfig) -> str:
@@ -41,6 +89,17 @@ class Bridge:
         for connector in config.connectors:
             if (cid := connector.configured_id()) is not None:
                 self.registry.claim(cid, connector_label(connector))
+        ha = config.homeassistant
+        self.site = Site(prefix=ha.discovery_prefix, base_topic=config.mqtt.base_topic)
+        self.state_file = StateFile(config.bridge.data_dir / STATE_FILE_NAME)
+        self.announcer = Announcer(
+            self.site,
+            ha.discovery,
+            self.outbox,
+            self.state_file,
+            {connector_owner(c) for c in config.connectors},
+        )
+        self.reannouncer = Reannouncer(self.outbox, first_prefix=f"{ha.discovery_prefix}/")
         make_client = client_factory or self._default_client
         self.clients: list[TwcClient] = []
         self.pollers: list[ConnectorPoller] = []
@@ -57,9 +116,34 @@ class Bridge:
                     fetcher=client,
                     outbox=self.outbox,
                     registry=self.registry,
+                    on_update=self._announce_hook(connector),
                 )
             )
-        self.link = MqttLink(config.mqtt, self.outbox, state_topic=self.state_topic)
+        discovery_on = ha.discovery != "off"
+        self.link = MqttLink(
+            config.mqtt,
+            self.outbox,
+            state_topic=self.state_topic,
+            subscriptions=(self.site.status_topic,) if discovery_on else (),
+            on_message=self._on_message,
+        )
+
+    def _announce_hook(self, connector: ConnectorConfig) -> Callable[[ConnectorPoller], None]:
+        owner = connector_owner(connector)
+
+        def announce(poller: ConnectorPoller) -> None:
+            # Wait for one round of every endpoint so the first announce is already complete.
+            if len(poller.attempted) < len(ENDPOINTS):
+                return
+            info = unit_info(poller, connector)
+            if info is not None:
+                self.announcer.update_unit(owner, info, announced_fields(poller))
+
+        return announce
+
+    async def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.site.status_topic and payload.strip() == b"online":
+            self.reannouncer.request()
 
     def _default_client(self, connector: ConnectorConfig) -> TwcClient:
         polling = connector.polling(self.config.polling)
@@ -78,9 +162,11 @@ class Bridge:
             self.config.mqtt.port,
             self.config.mqtt.base_topic,
         )
+        self.announcer.start()
         try:
             async with asyncio.TaskGroup() as group:
                 link_task = group.create_task(self.link.run(stop), name="mqtt-link")
+                reannounce_task = group.create_task(self.reannouncer.run(), name="reannounce")
                 poller_tasks = [
                     group.create_task(_supervised(p.label, p.run), name=f"poll {p.label}")
                     for p in self.pollers
@@ -88,6 +174,7 @@ class Bridge:
                 await stop.wait()
                 for task in poller_tasks:
                     task.cancel()
+                reannounce_task.cancel()
                 await link_task
         finally:
             for client in self.clients:

@@ -171,6 +171,33 @@ class ConnectorConfig(_Strict):
         return defaults.model_copy(update=overrides)
 
 
+class HomeAssistantConfig(_Strict):
+    """Home Assistant MQTT discovery (also read by openHAB's Home Assistant binding)."""
+
+    discovery: Literal["entity", "device", "off"] = "entity"
+    discovery_prefix: str = "homeassistant"
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _safe_prefix(cls, value: str) -> str:
+        problem = validate_base_topic(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+def default_data_dir() -> Path:
+    """The default state folder: ``$XDG_STATE_HOME/twc3-bridge`` or ``~/.local/state/…``."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "twc3-bridge"
+
+
+class BridgeSection(_Strict):
+    """The bridge's own settings."""
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+
+
 class LoggingConfig(_Strict):
     """Log verbosity."""
 
@@ -180,7 +207,9 @@ class LoggingConfig(_Strict):
 class BridgeConfig(_Strict):
     """The whole configuration file."""
 
+    bridge: BridgeSection = Field(default_factory=BridgeSection)
     mqtt: MqttConfig = MqttConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     polling: PollingConfig = PollingConfig()
     logging: LoggingConfig = LoggingConfig()
     connectors: list[ConnectorConfig] = Field(default_factory=list)

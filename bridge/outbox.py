@@ -82,9 +82,15 @@ class Outbox:
         """Every topic currently held."""
         return list(self._retained)
 
-    def republish_all(self) -> None:
-        """Mark every retained topic for publishing again (after a broker reconnect)."""
-        self._dirty = dict.fromkeys(self._retained)
+    def republish_all(self, first_prefix: str | None = None) -> None:
+        """Mark every retained topic for publishing again (after a broker reconnect).
+
+        Topics under ``first_prefix`` go first (discovery configs before the states they describe).
+        """
+        topics = list(self._retained)
+        if first_prefix is not None:
+            topics.sort(key=lambda topic: not topic.startswith(first_prefix))
+        self._dirty = dict.fromkeys(topics)
         if self._dirty:
             self._wakeup.set()
 

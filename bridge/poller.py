@@ -86,8 +86,11 @@ class ConnectorPoller:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         backoff: Backoff | None = None,
+        on_update: Callable[[ConnectorPoller], None] | None = None,
     ) -> None:
         self.label = label
+        self._on_update = on_update
+        self.attempted: set[Endpoint] = set()
         self.polling = polling
         self.status = UnitStatus()
         self._base_topic = base_topic
@@ -156,6 +159,7 @@ class ConnectorPoller:
             await self._sleep(delay)
         started = self._clock()
         self.requests_made += 1
+        self.attempted.add(endpoint)
         try:
             raw = await self._fetcher.fetch(endpoint)
             parsed = parse_endpoint(endpoint, raw)
@@ -233,6 +237,10 @@ class ConnectorPoller:
         if status.online is not True:
             logger.info("unit %s online (%s answered)", self.label, endpoint)
             status.online = True
+        self._publish_success(parsed)
+
+    def _publish_success(self, parsed: ParsedBody) -> None:
+        status = self.status
         if self._topics is None:
             if not self._waiting_logged:
                 self._waiting_logged = True
@@ -246,6 +254,8 @@ class ConnectorPoller:
                     "unit %s: %d keys of %s have no topic", self.label, skipped, body.endpoint
                 )
         self._publish_counters()
+        if self._on_update is not None:
+            self._on_update(self)
 
     def _newly_named(self) -> bool:
         # Bodies read before the id was known are published once, when it becomes known.

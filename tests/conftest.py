@@ -145,3 +145,11 @@ async def subscriber(port: int, pattern: str = "#") -> AsyncIterator[aiomqtt.Cli
     ) as client:
         await client.subscribe(pattern, qos=1)
         yield client
+
+
+@pytest.fixture(autouse=True)
+def _private_state_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bridges started by tests keep their state file in a temporary folder, never in ~."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state-home")))

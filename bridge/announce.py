@@ -1,0 +1,165 @@
+"""Keeps Home Assistant's retained discovery configs in step with what the bridge knows.
+
+It announces through the outbox (so configs survive broker reconnects like any retained value),
+removes configs of connectors that left the config or fields that disappeared, and remembers what
+it announced in the state file so nothing stale is left behind after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import Any, Final
+
+from bridge.discovery import (
+    DiscoveryMode,
+    Site,
+    UnitInfo,
+    bridge_configs,
+    device_config,
+    encode,
+    entity_configs,
+    object_id,
+    unit_entities,
+)
+from bridge.outbox import Outbox
+from bridge.statefile import StateFile
+
+logger = logging.getLogger(__name__)
+
+BRIDGE_OWNER: Final = "bridge"
+STATE_KEY: Final = "discovery"
+
+
+class Announcer:
+    """Announces, updates and removes discovery configs; one owner per connector."""
+
+    def __init__(
+        self,
+        site: Site,
+        mode: DiscoveryMode,
+        outbox: Outbox,
+        state: StateFile | None,
+        configured_owners: set[str],
+    ) -> None:
+        self.site = site
+        self.mode = mode
+        self._outbox = outbox
+        self._state = state
+        self._configured = configured_owners
+        saved: dict[str, Any] = (state.load() if state else {}).get(STATE_KEY, {})
+        topics = saved.get("topics", {})
+        self._announced: dict[str, str] = {
+            str(topic): str(owner) for topic, owner in topics.items() if isinstance(owner, str)
+        }
+        components = saved.get("components", {})
+        self._components: dict[str, dict[str, str]] = {
+            str(owner): {str(k): str(v) for k, v in value.items()}
+            for owner, value in components.items()
+            if isinstance(value, dict)
+        }
+        self._signatures: dict[str, object] = {}
+
+    def start(self) -> None:
+        """Remove what belongs to connectors no longer configured; announce the bridge device."""
+        stale = [
+            topic
+            for topic, owner in self._announced.items()
+            if self.mode == "off" or (owner != BRIDGE_OWNER and owner not in self._configured)
+        ]
+        for topic in stale:
+            self._outbox.delete(topic)
+            owner = self._announced.pop(topic)
+            self._components.pop(owner, None)
+        if stale:
+            logger.info("discovery: removing %d config(s) no longer wanted", len(stale))
+        if self.mode != "off":
+            self._publish(BRIDGE_OWNER, bridge_configs(self.site, self.mode))
+        else:
+            self._save()
+
+    def update_unit(self, owner: str, info: UnitInfo, fields: dict[str, list[str]]) -> None:
+        """Announce a connector's entities; cheap when nothing changed since the last call."""
+        if self.mode == "off":
+            return
+        signature = (info, tuple((endpoint, tuple(names)) for endpoint, names in fields.items()))
+        if self._signatures.get(owner) == signature:
+            return
+        self._signatures[owner] = signature
+        entities = unit_entities(fields)
+        if self.mode == "entity":
+            configs = entity_configs(self.site, info, entities)
+        else:
+            current: dict[str, str] = {object_id(e.key): e.component for e in entities}
+            previous = self._components.get(owner, {})
+            removed = {key: platform for key, platform in previous.items() if key not in current}
+            configs = device_config(self.site, info, entities, removed)
+            self._components[owner] = current
+        self._publish(owner, configs)
+
+    def _publish(self, owner: str, configs: dict[str, dict[str, Any]]) -> None:
+        for topic, payload in configs.items():
+            self._outbox.put(topic, encode(payload))
+        stale = [t for t, o in self._announced.items() if o == owner and t not in configs]
+        for topic in stale:
+            self._outbox.delete(topic)
+            del self._announced[topic]
+        changed = bool(stale) or any(self._announced.get(topic) != owner for topic in configs)
+        for topic in configs:
+            self._announced[topic] = owner
+        if changed:
+            logger.info(
+                "discovery: announced %d config(s) for %s%s",
+                len(configs),
+                owner,
+                f", removed {len(stale)}" if stale else "",
+            )
+            self._save()
+
+    def _save(self) -> None:
+        if self._state is None:
+            return
+        data = self._state.load()
+        data[STATE_KEY] = {"topics": self._announced, "components": self._components}
+        self._state.save(data)
+
+    def announced_topics(self) -> list[str]:
+        """Every config topic currently announced."""
+        return list(self._announced)
+
+
+class Reannouncer:
+    """Republishes configs and states when Home Assistant (or openHAB) says it came online.
+
+    Births arriving during the random delay are folded into one re-announce.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        first_prefix: str,
+        delay_s: tuple[float, float] = (1.0, 3.0),
+        rand: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self._outbox = outbox
+        self._first_prefix = first_prefix
+        self._delay_s = delay_s
+        self._rand = rand
+        self._requested = asyncio.Event()
+        self.reannounced = 0
+
+    def request(self) -> None:
+        """Ask for a re-announce soon."""
+        self._requested.set()
+
+    async def run(self) -> None:
+        """Serve requests until cancelled."""
+        while True:
+            await self._requested.wait()
+            await asyncio.sleep(self._rand(*self._delay_s))
+            self._requested.clear()
+            self.reannounced += 1
+            logger.info("discovery: Home Assistant came online; announcing again")
+            self._outbox.republish_all(first_prefix=self._first_prefix)

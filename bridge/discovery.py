@@ -1,0 +1,244 @@
+"""Home Assistant MQTT discovery payloads, built as plain data from the entity table.
+
+Everything here is pure: given what is known about a unit, return ``{config topic: payload}``.
+Payloads use full key names and only keys that Home Assistant's discovery schema accepts
+(mqtt-conventions.md §1.3-§1.8), so openHAB's Home Assistant binding, which runs that schema,
+accepts them too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from bridge import __version__
+from bridge.entities import Entity, entities_for_fields
+from bridge.topics import slugify
+
+DiscoveryMode = Literal["entity", "device", "off"]
+
+PROJECT_URL: Final = "https://github.com/twc3-mqtt-bridge/twc3-mqtt-bridge"
+ORIGIN: Final[dict[str, str]] = {
+    "name": "twc3-mqtt-bridge",
+    "sw_version": __version__,
+    "support_url": PROJECT_URL,
+}
+MANUFACTURER: Final = "Tesla"
+MODEL: Final = "Wall Connector Gen 3"
+_MAC: Final = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_OBJECT_ID_UNSAFE: Final = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """Bridge-wide settings every payload needs."""
+
+    prefix: str
+    base_topic: str
+
+    @property
+    def bridge_identifier(self) -> str:
+        """The bridge device's identifier; distinct per base topic, so two bridges never merge."""
+        return f"twc3_bridge_{slugify(self.base_topic) or 'default'}"
+
+    @property
+    def bridge_state_topic(self) -> str:
+        """The bridge's online/offline topic (also its MQTT Will)."""
+        return f"{self.base_topic}/bridge/state"
+
+    @property
+    def status_topic(self) -> str:
+        """Where Home Assistant (and openHAB) announce they came online."""
+        return f"{self.prefix}/status"
+
+
+@dataclass(frozen=True, slots=True)
+class UnitInfo:
+    """What discovery needs to know about one connector."""
+
+    unit_id: str
+    serial: str
+    name: str | None = None
+    part_number: str | None = None
+    firmware: str | None = None
+    mac: str | None = None
+    configuration_url: str | None = None
+    via_device: str | None = None
+
+    @property
+    def identifier(self) -> str:
+        """Device identifier from the serial number: stable when the address or name changes."""
+        return f"twc3_{slugify(self.serial)}"
+
+
+def object_id(text: str) -> str:
+    """A discovery node or object id: ``[a-zA-Z0-9_-]`` only."""
+    return _OBJECT_ID_UNSAFE.sub("_", text)[:128]
+
+
+def availability(site: Site, unit_id: str) -> list[dict[str, str]]:
+    """Both the bridge and the unit must be online for an entity to be available."""
+    return [
+        {"topic": site.bridge_state_topic},
+        {"topic": f"{site.base_topic}/{unit_id}/availability"},
+    ]
+
+
+def bridge_device(site: Site) -> dict[str, Any]:
+    """The bridge's own device block."""
+    return {
+        "identifiers": [site.bridge_identifier],
+        "name": "TWC3 MQTT bridge"
+        if site.base_topic == "twc3"
+        else f"TWC3 bridge {site.base_topic}",
+        "manufacturer": "twc3-mqtt-bridge",
+        "model": "TWC3 to MQTT bridge",
+        "sw_version": __version__,
+    }
+
+
+def unit_device(info: UnitInfo, site: Site) -> dict[str, Any]:
+    """The device block of one Wall Connector."""
+    device: dict[str, Any] = {
+        "identifiers": [info.identifier],
+        "name": info.name or f"Wall Connector {info.unit_id}",
+        "manufacturer": MANUFACTURER,
+        "model": MODEL,
+        "serial_number": info.serial,
+        "via_device": info.via_device or site.bridge_identifier,
+    }
+    mac = (info.mac or "").strip().lower()
+    if _MAC.fullmatch(mac):
+        device["connections"] = [["mac", mac]]
+    if info.part_number:
+        device["model_id"] = info.part_number
+    if info.firmware:
+        device["sw_version"] = info.firmware
+    if info.configuration_url and info.configuration_url.startswith(("http://", "https://")):
+        device["configuration_url"] = info.configuration_url
+    return device
+
+
+def entity_options(entity: Entity) -> dict[str, Any]:
+    """The entity-specific keys of a discovery payload (no topics, device or availability)."""
+    options: dict[str, Any] = {"name": entity.name}
+    if entity.component == "binary_sensor":
+        options["payload_on"] = "true"
+        options["payload_off"] = "false"
+    optional: dict[str, Any] = {
+        "device_class": entity.device_class,
+        "unit_of_measurement": entity.unit,
+        "state_class": entity.state_class,
+        "suggested_display_precision": entity.precision,
+        "options": list(entity.options) or None,
+        "value_template": entity.value_template,
+        "entity_category": entity.category,
+        "enabled_by_default": None if entity.enabled else False,
+        "icon": entity.icon,
+    }
+    options.update((key, value) for key, value in optional.items() if value is not None)
+    return options
+
+
+def _entity_ids(entity: Entity, info: UnitInfo) -> dict[str, str]:
+    field_slug = slugify(entity.field.replace(".", "_")) or "field"
+    unit_slug = slugify(info.unit_id) or slugify(info.serial)
+    return {
+        "unique_id": f"{info.serial}_{entity.endpoint}_{entity.field}",
+        "default_entity_id": f"{entity.component}.twc3_{unit_slug}_{field_slug}",
+    }
+
+
+def unit_entities(fields: dict[str, list[str]]) -> list[Entity]:
+    """Every entity to announce for the fields each endpoint's latest body has."""
+    entities: list[Entity] = []
+    for endpoint, names in fields.items():
+        entities.extend(entities_for_fields(endpoint, names))
+    return entities
+
+
+def entity_configs(site: Site, info: UnitInfo, entities: list[Entity]) -> dict[str, dict[str, Any]]:
+    """Per-entity discovery: ``{<prefix>/<component>/<node>/<object>/config: payload}``."""
+    node = object_id(info.identifier)
+    device = unit_device(info, site)
+    configs: dict[str, dict[str, Any]] = {}
+    for entity in entities:
+        payload = {
+            **entity_options(entity),
+            **_entity_ids(entity, info),
+            "state_topic": f"{site.base_topic}/{info.unit_id}/{entity.endpoint}/{entity.reads}",
+            "availability": availability(site, info.unit_id),
+            "availability_mode": "all",
+            "qos": 1,
+            "device": device,
+            "origin": ORIGIN,
+        }
+        configs[f"{site.prefix}/{entity.component}/{node}/{object_id(entity.key)}/config"] = payload
+    return configs
+
+
+def device_config(
+    site: Site, info: UnitInfo, entities: list[Entity], removed: dict[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Device-based discovery: one ``<prefix>/device/<node>/config`` holding every component.
+
+    ``removed`` maps component ids announced before but gone now to their platform: Home
+    Assistant removes a component when it appears once reduced to its platform.
+    """
+    components: dict[str, dict[str, Any]] = {}
+    for entity in entities:
+        components[object_id(entity.key)] = {
+            "platform": entity.component,
+            **entity_options(entity),
+            **_entity_ids(entity, info),
+            "state_topic": f"{site.base_topic}/{info.unit_id}/{entity.endpoint}/{entity.reads}",
+        }
+    for component_id, platform in (removed or {}).items():
+        components.setdefault(component_id, {"platform": platform})
+    payload = {
+        "device": unit_device(info, site),
+        "origin": ORIGIN,
+        "availability": availability(site, info.unit_id),
+        "availability_mode": "all",
+        "qos": 1,
+        "components": components,
+    }
+    return {f"{site.prefix}/device/{object_id(info.identifier)}/config": payload}
+
+
+def bridge_configs(site: Site, mode: DiscoveryMode) -> dict[str, dict[str, Any]]:
+    """The bridge device and its connectivity entity (no availability: it *is* availability)."""
+    entity = {
+        "name": "Connection state",
+        "device_class": "connectivity",
+        "payload_on": "online",
+        "payload_off": "offline",
+        "entity_category": "diagnostic",
+        "unique_id": f"{site.bridge_identifier}_state",
+        "default_entity_id": f"binary_sensor.{site.bridge_identifier}_state",
+        "state_topic": site.bridge_state_topic,
+        "qos": 1,
+    }
+    node = object_id(site.bridge_identifier)
+    if mode == "device":
+        return {
+            f"{site.prefix}/device/{node}/config": {
+                "device": bridge_device(site),
+                "origin": ORIGIN,
+                "components": {"state": {"platform": "binary_sensor", **entity}},
+            }
+        }
+    return {
+        f"{site.prefix}/binary_sensor/{node}/state/config": {
+            **entity,
+            "device": bridge_device(site),
+            "origin": ORIGIN,
+        }
+    }
+
+
+def encode(payload: dict[str, Any]) -> str:
+    """Serialise a payload compactly and deterministically (so unchanged means equal text)."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, sort_keys=False)

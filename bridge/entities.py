@@ -1,0 +1,357 @@
+"""The entity table: what every published value is, for state topics and discovery alike.
+
+One row per ``(endpoint, field)``. The poller publishes every field of every body; this table says
+how each is presented (name, device class, unit, state class, category). A field the table does not
+know still gets an entity, built by :func:`entity_for`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+Component = Literal["sensor", "binary_sensor"]
+Category = Literal["diagnostic"] | None
+
+# The evse_state names Home Assistant's own integration uses (twc3-api.md §5.2, HA sensor.py).
+# Codes 1, 4, 9 and 11 are confirmed by telemetry; the others are what the published lists agree
+# on. State 7 is shown as a plug-in transition, not "error": it appears on nearly every plug-in.
+EVSE_STATE_NAMES: Final[dict[int, str]] = {
+    0: "booting",
+    1: "not_connected",
+    2: "connected",
+    4: "ready",
+    6: "negotiating",
+    7: "transition",
+    8: "charging_finished",
+    9: "waiting_car",
+    10: "charging_reduced",
+    11: "charging",
+}
+EVSE_STATE_UNKNOWN: Final = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """How one value is presented to Home Assistant (and named for people)."""
+
+    endpoint: str
+    field: str
+    name: str
+    component: Component = "sensor"
+    device_class: str | None = None
+    unit: str | None = None
+    state_class: str | None = None
+    precision: int | None = None
+    category: Category = None
+    enabled: bool = True
+    options: tuple[str, ...] = ()
+    value_template: str | None = None
+    icon: str | None = None
+    # The topic level this entity reads, when it differs from the field (a second view of it).
+    source_field: str | None = None
+
+    @property
+    def key(self) -> str:
+        """``<endpoint>_<field>``: unique within one connector."""
+        return f"{self.endpoint}_{self.field}"
+
+    @property
+    def reads(self) -> str:
+        """The field topic level whose payload this entity shows."""
+        return self.source_field or self.field
+
+
+def _voltage(
+    endpoint: str, field: str, name: str, *, diagnostic: bool = True, enabled: bool = True
+) -> Entity:
+    return Entity(
+        endpoint,
+        field,
+        name,
+        device_class="voltage",
+        unit="V",
+        state_class="measurement",
+        precision=1,
+        category="diagnostic" if diagnostic else None,
+        enabled=enabled,
+    )
+
+
+def _current(
+    endpoint: str, field: str, name: str, *, diagnostic: bool = True, enabled: bool = True
+) -> Entity:
+    return Entity(
+        endpoint,
+        field,
+        name,
+        device_class="current",
+        unit="A",
+        state_class="measurement",
+        precision=1,
+        category="diagnostic" if diagnostic else None,
+        enabled=enabled,
+    )
+
+
+def _temperature(field: str, name: str, *, diagnostic: bool = True) -> Entity:
+    return Entity(
+        "vitals",
+        field,
+        name,
+        device_class="temperature",
+        unit="°C",
+        state_class="measurement",
+        precision=1,
+        category="diagnostic" if diagnostic else None,
+    )
+
+
+def _counter(field: str, name: str, *, enabled: bool = True) -> Entity:
+    return Entity(
+        "lifetime",
+        field,
+        name,
+        state_class="total_increasing",
+        precision=0,
+        category="diagnostic",
+        enabled=enabled,
+        icon="mdi:counter",
+    )
+
+
+def _diagnostic_text(endpoint: str, field: str, name: str, *, enabled: bool = True) -> Entity:
+    return Entity(endpoint, field, name, category="diagnostic", enabled=enabled)
+
+
+_STATE_NAME_TEMPLATE: Final = (
+    "{% set names = " + repr({str(code): name for code, name in EVSE_STATE_NAMES.items()}) + " %}"
+    "{{ names.get(value | string, '" + EVSE_STATE_UNKNOWN + "') }}"
+)
+
+ENTITIES: Final[tuple[Entity, ...]] = (
+    # /api/1/vitals
+    Entity("vitals", "contactor_closed", "Contactor closed", "binary_sensor", "battery_charging"),
+    Entity("vitals", "vehicle_connected", "Vehicle connected", "binary_sensor", "plug"),
+    Entity(
+        "vitals",
+        "session_s",
+        "Time plugged in",
+        device_class="duration",
+        unit="s",
+        state_class="measurement",
+        precision=0,
+    ),
+    _voltage("vitals", "grid_v", "Grid voltage", diagnostic=False),
+    Entity(
+        "vitals",
+        "grid_hz",
+        "Grid frequency",
+        device_class="frequency",
+        unit="Hz",
+        state_class="measurement",
+        precision=2,
+        category="diagnostic",
+    ),
+    _current("vitals", "vehicle_current_a", "Vehicle current", diagnostic=False),
+    _current("vitals", "currentA_a", "Phase A current"),
+    _current("vitals", "currentB_a", "Phase B current"),
+    _current("vitals", "currentC_a", "Phase C current"),
+    # Flickers between 0 and the full current on 2025 firmware (twc3-api.md §3): rarely useful.
+    _current("vitals", "currentN_a", "Neutral current", enabled=False),
+    _voltage("vitals", "voltageA_v", "Phase A voltage"),
+    _voltage("vitals", "voltageB_v", "Phase B voltage"),
+    _voltage("vitals", "voltageC_v", "Phase C voltage"),
+    _voltage("vitals", "relay_coil_v", "Relay coil voltage", enabled=False),
+    _voltage("vitals", "relay_k1_v", "Relay K1 voltage", enabled=False),
+    _voltage("vitals", "relay_k2_v", "Relay K2 voltage", enabled=False),
+    _temperature("pcba_temp_c", "PCB temperature"),
+    _temperature("handle_temp_c", "Handle temperature", diagnostic=False),
+    _temperature("mcu_temp_c", "MCU temperature"),
+    Entity(
+        "vitals",
+        "uptime_s",
+        "Uptime",
+        device_class="duration",
+        unit="s",
+        precision=0,
+        category="diagnostic",
+    ),
+    Entity(
+        "vitals",
+        "input_thermopile_uv",
+        "Input thermopile",
+        device_class="voltage",
+        unit="μV",  # U+03BC, the only micro sign Home Assistant accepts
+        state_class="measurement",
+        precision=0,
+        category="diagnostic",
+        enabled=False,
+    ),
+    _voltage("vitals", "prox_v", "Proximity pilot voltage", enabled=False),
+    _voltage("vitals", "pilot_high_v", "Control pilot high voltage", enabled=False),
+    _voltage("vitals", "pilot_low_v", "Control pilot low voltage", enabled=False),
+    Entity(
+        "vitals",
+        "session_energy_wh",
+        "Session energy",
+        device_class="energy",
+        unit="Wh",
+        # Resets to 0 at each plug-in; total_increasing treats that as a new meter cycle.
+        state_class="total_increasing",
+        precision=0,
+    ),
+    _diagnostic_text("vitals", "config_status", "Config status", enabled=False),
+    Entity("vitals", "evse_state", "State code", category="diagnostic", icon="mdi:numeric"),
+    Entity(
+        "vitals",
+        "evse_state_name",
+        "State",
+        device_class="enum",
+        options=(*dict.fromkeys(EVSE_STATE_NAMES.values()), EVSE_STATE_UNKNOWN),
+        value_template=_STATE_NAME_TEMPLATE,
+        source_field="evse_state",
+        icon="mdi:ev-station",
+    ),
+    Entity("vitals", "current_alerts", "Alerts", icon="mdi:alert-circle-outline"),
+    _diagnostic_text("vitals", "evse_not_ready_reasons", "Not-ready reasons"),
+    # /api/1/lifetime
+    _counter("contactor_cycles", "Contactor cycles"),
+    _counter("contactor_cycles_loaded", "Contactor cycles under load"),
+    _counter("alert_count", "Alert count"),
+    _counter("thermal_foldbacks", "Thermal foldbacks"),
+    Entity(
+        "lifetime",
+        "avg_startup_temp",
+        "Average start-up temperature",
+        device_class="temperature",
+        unit="°C",
+        state_class="measurement",
+        precision=1,
+        category="diagnostic",
+        enabled=False,
+    ),
+    _counter("charge_starts", "Charge starts"),
+    Entity(
+        "lifetime",
+        "energy_wh",
+        "Unit lifetime energy (raw)",
+        device_class="energy",
+        unit="Wh",
+        state_class="total_increasing",
+        precision=0,
+        category="diagnostic",
+        # The unit's counter jumps while nothing charges (twc3-api.md Q1): not for the dashboard.
+        enabled=False,
+    ),
+    _counter("connector_cycles", "Connector cycles"),
+    Entity(
+        "lifetime",
+        "uptime_s",
+        "Lifetime powered time",
+        device_class="duration",
+        unit="s",
+        state_class="total_increasing",
+        precision=0,
+        category="diagnostic",
+        enabled=False,
+    ),
+    Entity(
+        "lifetime",
+        "charging_time_s",
+        "Lifetime charging time",
+        device_class="duration",
+        unit="s",
+        state_class="total_increasing",
+        precision=0,
+        category="diagnostic",
+    ),
+    # /api/1/version
+    _diagnostic_text("version", "firmware_version", "Firmware"),
+    _diagnostic_text("version", "part_number", "Part number"),
+    _diagnostic_text("version", "serial_number", "Serial number"),
+    _diagnostic_text("version", "git_branch", "Firmware branch", enabled=False),
+    _diagnostic_text("version", "web_service", "Tesla web service", enabled=False),
+    # /api/1/wifi_status
+    _diagnostic_text("wifi_status", "wifi_ssid", "Wi-Fi SSID (base64)", enabled=False),
+    Entity(
+        "wifi_status",
+        "wifi_signal_strength",
+        "Wi-Fi signal",
+        unit="%",
+        state_class="measurement",
+        precision=0,
+        category="diagnostic",
+        icon="mdi:wifi",
+    ),
+    Entity(
+        "wifi_status",
+        "wifi_rssi",
+        "Wi-Fi RSSI",
+        device_class="signal_strength",
+        unit="dBm",
+        state_class="measurement",
+        precision=0,
+        category="diagnostic",
+    ),
+    Entity(
+        "wifi_status",
+        "wifi_snr",
+        "Wi-Fi SNR",
+        device_class="signal_strength",
+        unit="dB",
+        state_class="measurement",
+        precision=0,
+        category="diagnostic",
+        enabled=False,
+    ),
+    Entity(
+        "wifi_status",
+        "wifi_connected",
+        "Wi-Fi connected",
+        "binary_sensor",
+        "connectivity",
+        category="diagnostic",
+    ),
+    _diagnostic_text("wifi_status", "wifi_infra_ip", "IP address", enabled=False),
+    Entity(
+        "wifi_status",
+        "internet",
+        "Internet",
+        "binary_sensor",
+        "connectivity",
+        category="diagnostic",
+    ),
+    _diagnostic_text("wifi_status", "wifi_mac", "Wi-Fi MAC address", enabled=False),
+)
+
+_BY_FIELD: Final[dict[tuple[str, str], Entity]] = {(e.endpoint, e.field): e for e in ENTITIES}
+# Entities shown only when the field they read is present (a second view of a field).
+_VIEWS_OF: Final[dict[tuple[str, str], tuple[Entity, ...]]] = {}
+for _entity in ENTITIES:
+    if _entity.source_field is not None:
+        _key = (_entity.endpoint, _entity.source_field)
+        _VIEWS_OF[_key] = (*_VIEWS_OF.get(_key, ()), _entity)
+
+
+def entity_for(endpoint: str, field: str) -> Entity:
+    """The table's entity for a field, or a plain disabled diagnostic sensor for unknown ones."""
+    known = _BY_FIELD.get((endpoint, field))
+    if known is not None:
+        return known
+    return Entity(endpoint, field, _readable(field), category="diagnostic", enabled=False)
+
+
+def entities_for_fields(endpoint: str, fields: list[str]) -> list[Entity]:
+    """Every entity to announce for the fields a body contains, in body order."""
+    result: list[Entity] = []
+    for field in fields:
+        result.append(entity_for(endpoint, field))
+        result.extend(_VIEWS_OF.get((endpoint, field), ()))
+    return result
+
+
+def _readable(field: str) -> str:
+    words = field.replace("-", "_").replace(".", "_").split("_")
+    text = " ".join(word for word in words if word)
+    return (text[:1].upper() + text[1:])[:64] or field[:64]

@@ -1,0 +1,77 @@
+"""A small JSON state file in the data directory, written atomically, that never stops the bridge.
+
+If the directory is read-only or full the bridge keeps running on what it holds in memory and
+warns once; it warns again only after a write has succeeded in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class StateFile:
+    """One JSON object on disk, read once at start and replaced atomically on every save."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._failing = False
+
+    def load(self) -> dict[str, Any]:
+        """The saved object, or ``{}`` when there is none or it cannot be read."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except OSError as error:
+            logger.warning(
+                "state file %s cannot be read (%s); starting empty", self.path, error.strerror
+            )
+            return {}
+        try:
+            data = json.loads(text)
+        except ValueError:
+            logger.warning("state file %s is not valid JSON; starting empty", self.path)
+            return {}
+        if not isinstance(data, dict):
+            logger.warning("state file %s holds no JSON object; starting empty", self.path)
+            return {}
+        return data
+
+    def save(self, data: dict[str, Any]) -> bool:
+        """Write ``data`` atomically (temporary file, fsync, rename); ``False`` if that failed."""
+        text = json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False)
+        temporary: str | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor, temporary = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+            )
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            Path(temporary).replace(self.path)
+        except OSError as error:
+            if temporary is not None:
+                with contextlib.suppress(OSError):
+                    Path(temporary).unlink()
+            if not self._failing:
+                self._failing = True
+                logger.warning(
+                    "cannot write state file %s (%s); keeping state in memory and retrying",
+                    self.path,
+                    error.strerror or error,
+                )
+            return False
+        if self._failing:
+            self._failing = False
+            logger.info("state file %s is writable again", self.path)
+        return True
