@@ -61,6 +61,9 @@ class Announcer:
             if isinstance(value, dict)
         }
         self._signatures: dict[str, object] = {}
+        # Device mode: components removed during this run stay as stubs in every later payload,
+        # so a stub superseded before it reached the broker is not lost.
+        self._removed: dict[str, dict[str, str]] = {}
 
     def start(self) -> None:
         """Remove what belongs to connectors no longer configured; announce the bridge device."""
@@ -77,7 +80,7 @@ class Announcer:
             logger.info("discovery: removing %d config(s) no longer wanted", len(stale))
         if self.mode != "off":
             self._publish(BRIDGE_OWNER, bridge_configs(self.site, self.mode))
-        else:
+        if stale or self.mode == "off":
             self._save()
 
     def update_unit(self, owner: str, info: UnitInfo, fields: dict[str, list[str]]) -> None:
@@ -94,7 +97,10 @@ class Announcer:
         else:
             current: dict[str, str] = {object_id(e.key): e.component for e in entities}
             previous = self._components.get(owner, {})
-            removed = {key: platform for key, platform in previous.items() if key not in current}
+            removed = self._removed.setdefault(owner, {})
+            removed.update((k, platform) for k, platform in previous.items() if k not in current)
+            for key in current:
+                removed.pop(key, None)
             configs = device_config(self.site, info, entities, removed)
             self._components[owner] = current
         self._publish(owner, configs)

@@ -147,7 +147,8 @@ def _entity_ids(entity: Entity, info: UnitInfo) -> dict[str, str]:
     unit_slug = slugify(info.unit_id) or slugify(info.serial)
     return {
         "unique_id": f"{info.serial}_{entity.endpoint}_{entity.field}",
-        "default_entity_id": f"{entity.component}.twc3_{unit_slug}_{field_slug}",
+        # The endpoint is part of it: vitals and lifetime both have an uptime_s.
+        "default_entity_id": f"{entity.component}.twc3_{unit_slug}_{entity.endpoint}_{field_slug}",
     }
 
 

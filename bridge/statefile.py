@@ -23,12 +23,21 @@ class StateFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._failing = False
+        self._data: dict[str, Any] | None = None
 
     def load(self) -> dict[str, Any]:
-        """The saved object, or ``{}`` when there is none or it cannot be read."""
+        """The saved object (read from disk once); ``{}`` when there is none or it is unusable."""
+        if self._data is None:
+            self._data = self._read()
+        return dict(self._data)
+
+    def _read(self) -> dict[str, Any]:
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
+            return {}
+        except UnicodeDecodeError:
+            logger.warning("state file %s is not UTF-8 text; starting empty", self.path)
             return {}
         except OSError as error:
             logger.warning(
@@ -46,7 +55,11 @@ class StateFile:
         return data
 
     def save(self, data: dict[str, Any]) -> bool:
-        """Write ``data`` atomically (temporary file, fsync, rename); ``False`` if that failed."""
+        """Write ``data`` atomically (temporary file, fsync, rename); ``False`` if that failed.
+
+        The data is kept in memory either way, so a failed write loses nothing while running.
+        """
+        self._data = dict(data)
         text = json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False)
         temporary: str | None = None
         try:

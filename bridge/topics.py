@@ -15,7 +15,8 @@ MAX_FIELD_LENGTH: Final = 64
 RESERVED_IDS: Final = frozenset({"bridge", "group"})
 
 _SLUG_SEPARATORS = re.compile(r"[^a-z0-9]+")
-_FIELD_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+# Also the character set of Home Assistant object ids, so a level maps to one discovery topic.
+_FIELD_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 _ID_SHAPE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 
@@ -48,10 +49,10 @@ def field_level(key: str) -> str | None:
 
     Keys the unit really sends (``grid_v``, ``currentA_a``) come through unchanged; anything a
     future or hostile firmware might send (``/``, ``+``, ``#``, control characters, huge keys) is
-    reduced to ``[A-Za-z0-9_.-]`` and bounded.
+    reduced to ``[A-Za-z0-9_-]`` and bounded.
     """
     level = _FIELD_UNSAFE.sub("_", key)[:MAX_FIELD_LENGTH]
-    if not level.strip("_."):
+    if not level.strip("_-"):
         return None
     return level
 

@@ -1,0 +1,150 @@
+"""The state file: tolerant loading, atomic saves, and one warning per run of failures."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from bridge.statefile import StateFile
+
+LOGGER = "bridge.statefile"
+
+
+def _messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == level]
+
+
+def _blocked(tmp_path: Path) -> StateFile:
+    """A state file whose folder is a regular file, so creating the folder fails (even as root)."""
+    blocker = tmp_path / "data"
+    blocker.write_text("not a folder")
+    return StateFile(blocker / "state.json")
+
+
+# --- load ---------------------------------------------------------------------------------------
+
+
+def test_missing_file_loads_empty_quietly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No file yet is the normal first start: an empty object and no warning."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    assert StateFile(tmp_path / "missing" / "state.json").load() == {}
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    ("text", "warning"),
+    [
+        ("{not json", "is not valid JSON"),
+        ("", "is not valid JSON"),
+        ("\x00\x01", "is not valid JSON"),
+        ("[1, 2]", "holds no JSON object"),
+        ("null", "holds no JSON object"),
+        ('"text"', "holds no JSON object"),
+    ],
+)
+def test_unusable_file_loads_empty_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, warning: str
+) -> None:
+    """Invalid JSON or a non-object gives an empty object and one warning."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    path = tmp_path / "state.json"
+    path.write_text(text, encoding="utf-8")
+    assert StateFile(path).load() == {}
+    (message,) = _messages(caplog, logging.WARNING)
+    assert warning in message
+
+
+def test_invalid_utf8_loads_empty(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Bytes that are not UTF-8 are treated like any unusable file."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    path = tmp_path / "state.json"
+    path.write_bytes('{"unit": "°C"}'.encode("latin-1"))
+    assert StateFile(path).load() == {}
+    assert len(_messages(caplog, logging.WARNING)) == 1
+
+
+def test_unreadable_file_loads_empty(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A path that cannot be read (here: a directory) gives an empty object and a warning."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    (tmp_path / "state.json").mkdir()
+    assert StateFile(tmp_path / "state.json").load() == {}
+    (message,) = _messages(caplog, logging.WARNING)
+    assert "cannot be read" in message
+
+
+# --- save ---------------------------------------------------------------------------------------
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    """What is saved loads back equal, and the folder is created on the way."""
+    state = StateFile(tmp_path / "deep" / "er" / "state.json")
+    data = {
+        "discovery": {"topics": {"homeassistant/sensor/x/config": "garage"}, "components": {}},
+        "text": "Grid °C μV ✓",
+        "numbers": [1, 2.5, None, True],
+    }
+    assert state.save(data) is True
+    assert state.load() == data
+    assert StateFile(state.path).load() == data
+    assert json.loads(state.path.read_text(encoding="utf-8")) == data
+
+
+def test_save_replaces_the_whole_file(tmp_path: Path) -> None:
+    """A second save replaces the first, leaving valid JSON and no temporary files."""
+    state = StateFile(tmp_path / "state.json")
+    assert state.save({"a": 1, "long": "x" * 10_000})
+    assert state.save({"b": 2})
+    assert state.load() == {"b": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_failed_save_returns_false_and_warns_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every failing save returns False; only the first of a run of failures warns."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    state = _blocked(tmp_path)
+    assert [state.save({"n": n}) for n in range(4)] == [False] * 4
+    (message,) = _messages(caplog, logging.WARNING)
+    assert "cannot write state file" in message
+    assert str(state.path) in message
+    assert _messages(caplog, logging.INFO) == []
+
+
+def test_failed_rename_leaves_no_temporary_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the final rename fails the temporary file is removed again."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    target = tmp_path / "state.json"
+    target.mkdir()
+    (target / "keep").write_text("x")
+    assert StateFile(target).save({"a": 1}) is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+    assert len(_messages(caplog, logging.WARNING)) == 1
+
+
+def test_recovery_logs_info_and_rearms_the_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a failure, a good save logs once at INFO; a new failure warns again."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    state = _blocked(tmp_path)
+    blocker = state.path.parent
+    assert state.save({"n": 1}) is False
+    blocker.unlink()
+    assert state.save({"n": 2}) is True
+    assert state.save({"n": 3}) is True
+    (info,) = _messages(caplog, logging.INFO)
+    assert "writable again" in info
+    assert state.load() == {"n": 3}
+
+    state.path.unlink()
+    blocker.rmdir()
+    blocker.write_text("a file again")
+    assert state.save({"n": 4}) is False
+    assert state.save({"n": 5}) is False
+    assert len(_messages(caplog, logging.WARNING)) == 2
