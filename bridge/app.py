@@ -126,6 +126,7 @@ class Bridge:
             state_topic=self.state_topic,
             subscriptions=(self.site.status_topic,) if discovery_on else (),
             on_message=self._on_message,
+            republish_first=f"{ha.discovery_prefix}/",
         )
 
     def _announce_hook(self, connector: ConnectorConfig) -> Callable[[ConnectorPoller], None]:

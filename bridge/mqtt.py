@@ -63,11 +63,13 @@ class MqttLink:
         on_message: IncomingHandler | None = None,
         on_connect: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
+        republish_first: str | None = None,
     ) -> None:
         self.config = config
         self.outbox = outbox
         self.state_topic = state_topic
         self.subscriptions = subscriptions
+        self._republish_first = republish_first
         self._on_message = on_message
         self._on_connect = on_connect
         self._backoff = backoff or Backoff(
@@ -145,7 +147,7 @@ class MqttLink:
 
     async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         self.outbox.put(self.state_topic, ONLINE, always=True)
-        self.outbox.republish_all()
+        self.outbox.republish_all(first_prefix=self._republish_first)
         for topic in self.subscriptions:
             await client.subscribe(topic, qos=1)
         if self._on_connect is not None:
