@@ -106,12 +106,5 @@ class UnitDerivation:
         values: dict[str, Any] = {"rejected_energy_samples": self.lifetime.rejected}
         if self.lifetime.guarded_wh is not None:
             values["lifetime_energy_wh"] = self.lifetime.guarded_wh
-        derived = Derived(values)
-        if not accepted:
-            derived.events.append(
-                Event(
-                    "energy_rejected",
-                    {"raw_wh": lifetime.energy_wh, "kept_wh": self.lifetime.guarded_wh},
-                )
-            )
-        return derived
+        del accepted  # the count says it; the poller logs the first rejection
+        return Derived(values)
