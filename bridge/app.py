@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 from bridge.announce import Announcer, Reannouncer
 from bridge.config import BridgeConfig, ConnectorConfig
+from bridge.derivation import UnitDerivation
+from bridge.derived import SessionEnergy
 from bridge.discovery import Site, UnitInfo
 from bridge.models import ENDPOINTS, Version, WifiStatus
 from bridge.mqtt import MqttLink
@@ -26,6 +29,7 @@ POLLER_RESTART_DELAY_S: Final = 30.0
 
 
 STATE_FILE_NAME: Final = "state.json"
+ENERGY_SAVE_INTERVAL_S: Final = 60.0  # bounded writes: SD cards on a Raspberry Pi wear out
 
 
 def connector_owner(connector: ConnectorConfig) -> str:
@@ -64,6 +68,8 @@ def announced_fields(poller: ConnectorPoller) -> dict[str, list[str]]:
             level for key in body.fields if (level := field_level(key)) is not None
         )
         fields[endpoint] = list(levels)[:MAX_FIELDS_PER_BODY]
+    if poller.status.derived:
+        fields["derived"] = list(poller.status.derived)
     return fields
 
 
@@ -100,6 +106,8 @@ class Bridge:
             {connector_owner(c) for c in config.connectors},
         )
         self.reannouncer = Reannouncer(self.outbox, first_prefix=f"{ha.discovery_prefix}/")
+        self._energy_restored: set[str] = set()
+        self._energy_saved: dict[str, tuple[float, float]] = {}
         make_client = client_factory or self._default_client
         self.clients: list[TwcClient] = []
         self.pollers: list[ConnectorPoller] = []
@@ -116,7 +124,8 @@ class Bridge:
                     fetcher=client,
                     outbox=self.outbox,
                     registry=self.registry,
-                    on_update=self._announce_hook(connector),
+                    on_update=self._update_hook(connector),
+                    derivation=UnitDerivation(connector.phase_mode, connector.rated_current_a),
                 )
             )
         discovery_on = ha.discovery != "off"
@@ -129,10 +138,11 @@ class Bridge:
             republish_first=f"{ha.discovery_prefix}/",
         )
 
-    def _announce_hook(self, connector: ConnectorConfig) -> Callable[[ConnectorPoller], None]:
+    def _update_hook(self, connector: ConnectorConfig) -> Callable[[ConnectorPoller], None]:
         owner = connector_owner(connector)
 
-        def announce(poller: ConnectorPoller) -> None:
+        def update(poller: ConnectorPoller) -> None:
+            self._keep_energy(poller)
             # Wait for one round of every endpoint so the first announce is already complete.
             if len(poller.attempted) < len(ENDPOINTS):
                 return
@@ -140,7 +150,46 @@ class Bridge:
             if info is not None:
                 self.announcer.update_unit(owner, info, announced_fields(poller))
 
-        return announce
+        return update
+
+    def _keep_energy(self, poller: ConnectorPoller) -> None:
+        """Restore a unit's energy total once its serial is known; save it now and then."""
+        serial = poller.status.serial
+        if serial is None:
+            return
+        energy = poller.derivation.energy
+        if serial not in self._energy_restored:
+            self._energy_restored.add(serial)
+            saved = self.state_file.load().get("energy", {}).get(serial)
+            if saved is not None and energy.total_wh == 0:
+                poller.derivation.energy = SessionEnergy.from_json(saved)
+                logger.info(
+                    "unit %s: energy total restored: %.0f Wh",
+                    poller.label,
+                    poller.derivation.energy.total_wh,
+                )
+            return
+        last = self._energy_saved.get(serial)
+        now = time.monotonic()
+        if last is not None and (
+            last[0] == energy.total_wh or now - last[1] < ENERGY_SAVE_INTERVAL_S
+        ):
+            return
+        self.save_energy()
+
+    def save_energy(self) -> None:
+        """Write every unit's energy accumulator to the state file."""
+        data = self.state_file.load()
+        stored = data.get("energy")
+        energy: dict[str, object] = dict(stored) if isinstance(stored, dict) else {}
+        now = time.monotonic()
+        for poller in self.pollers:
+            serial = poller.status.serial
+            if serial is not None and serial in self._energy_restored:
+                energy[serial] = poller.derivation.energy.to_json()
+                self._energy_saved[serial] = (poller.derivation.energy.total_wh, now)
+        data["energy"] = energy
+        self.state_file.save(data)
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == self.site.status_topic and payload.strip() == b"online":
@@ -178,6 +227,7 @@ class Bridge:
                 reannounce_task.cancel()
                 await link_task
         finally:
+            self.save_energy()
             for client in self.clients:
                 await client.aclose()
         logger.info("bridge stopped")

@@ -114,6 +114,8 @@ class ConnectorConfig(_Strict):
     read_timeout_s: Annotated[float, Field(gt=0, le=120)] | None = None
     offline_after: Annotated[int, Field(ge=1, le=100)] | None = None
     backoff_max_s: Annotated[float, Field(ge=1, le=3600)] | None = None
+    phase_mode: Literal["auto", "three_phase", "split_phase", "single_phase"] = "auto"
+    rated_current_a: Annotated[float, Field(gt=0, le=80)] = 48.0
 
     @field_validator("host")
     @classmethod

@@ -78,12 +78,21 @@ def object_id(text: str) -> str:
     return _OBJECT_ID_UNSAFE.sub("_", text)[:128]
 
 
-def availability(site: Site, unit_id: str) -> list[dict[str, str]]:
-    """Both the bridge and the unit must be online for an entity to be available."""
-    return [
+NULL_UNAVAILABLE_TEMPLATE: Final = "{{ 'offline' if value == 'null' else 'online' }}"
+
+
+def availability(site: Site, unit_id: str, value_topic: str | None = None) -> list[dict[str, str]]:
+    """Both the bridge and the unit must be online for an entity to be available.
+
+    With ``value_topic``, a ``null`` payload there (a failed sensor) also makes it unavailable.
+    """
+    entries = [
         {"topic": site.bridge_state_topic},
         {"topic": f"{site.base_topic}/{unit_id}/availability"},
     ]
+    if value_topic is not None:
+        entries.append({"topic": value_topic, "value_template": NULL_UNAVAILABLE_TEMPLATE})
+    return entries
 
 
 def bridge_device(site: Site) -> dict[str, Any]:
@@ -166,11 +175,14 @@ def entity_configs(site: Site, info: UnitInfo, entities: list[Entity]) -> dict[s
     device = unit_device(info, site)
     configs: dict[str, dict[str, Any]] = {}
     for entity in entities:
+        state_topic = f"{site.base_topic}/{info.unit_id}/{entity.endpoint}/{entity.reads}"
         payload = {
             **entity_options(entity),
             **_entity_ids(entity, info),
-            "state_topic": f"{site.base_topic}/{info.unit_id}/{entity.endpoint}/{entity.reads}",
-            "availability": availability(site, info.unit_id),
+            "state_topic": state_topic,
+            "availability": availability(
+                site, info.unit_id, state_topic if entity.null_means_unavailable else None
+            ),
             "availability_mode": "all",
             "qos": 1,
             "device": device,
@@ -190,12 +202,16 @@ def device_config(
     """
     components: dict[str, dict[str, Any]] = {}
     for entity in entities:
-        components[object_id(entity.key)] = {
+        state_topic = f"{site.base_topic}/{info.unit_id}/{entity.endpoint}/{entity.reads}"
+        component: dict[str, Any] = {
             "platform": entity.component,
             **entity_options(entity),
             **_entity_ids(entity, info),
-            "state_topic": f"{site.base_topic}/{info.unit_id}/{entity.endpoint}/{entity.reads}",
+            "state_topic": state_topic,
         }
+        if entity.null_means_unavailable:
+            component["availability"] = availability(site, info.unit_id, state_topic)
+        components[object_id(entity.key)] = component
     for component_id, platform in (removed or {}).items():
         components.setdefault(component_id, {"platform": platform})
     payload = {

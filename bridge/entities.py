@@ -10,24 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from bridge.derived import EVSE_STATE_NAMES
+
 Component = Literal["sensor", "binary_sensor"]
 Category = Literal["diagnostic"] | None
 
-# The evse_state names Home Assistant's own integration uses (twc3-api.md §5.2, HA sensor.py).
-# Codes 1, 4, 9 and 11 are confirmed by telemetry; the others are what the published lists agree
-# on. State 7 is shown as a plug-in transition, not "error": it appears on nearly every plug-in.
-EVSE_STATE_NAMES: Final[dict[int, str]] = {
-    0: "booting",
-    1: "not_connected",
-    2: "connected",
-    4: "ready",
-    6: "negotiating",
-    7: "transition",
-    8: "charging_finished",
-    9: "waiting_car",
-    10: "charging_reduced",
-    11: "charging",
-}
 EVSE_STATE_UNKNOWN: Final = "unknown"
 
 
@@ -48,8 +35,8 @@ class Entity:
     options: tuple[str, ...] = ()
     value_template: str | None = None
     icon: str | None = None
-    # The topic level this entity reads, when it differs from the field (a second view of it).
-    source_field: str | None = None
+    # The payload "null" means the value is unknown right now (a failed sensor): unavailable.
+    null_means_unavailable: bool = False
 
     @property
     def key(self) -> str:
@@ -59,7 +46,7 @@ class Entity:
     @property
     def reads(self) -> str:
         """The field topic level whose payload this entity shows."""
-        return self.source_field or self.field
+        return self.field
 
 
 def _voltage(
@@ -94,9 +81,11 @@ def _current(
     )
 
 
-def _temperature(field: str, name: str, *, diagnostic: bool = True) -> Entity:
+def _temperature(
+    field: str, name: str, *, diagnostic: bool = True, endpoint: str = "vitals"
+) -> Entity:
     return Entity(
-        "vitals",
+        endpoint,
         field,
         name,
         device_class="temperature",
@@ -104,6 +93,8 @@ def _temperature(field: str, name: str, *, diagnostic: bool = True) -> Entity:
         state_class="measurement",
         precision=1,
         category="diagnostic" if diagnostic else None,
+        enabled=endpoint != "vitals",  # the raw readings show 255 °C when the sensor fails
+        null_means_unavailable=endpoint == "derived",
     )
 
 
@@ -124,9 +115,11 @@ def _diagnostic_text(endpoint: str, field: str, name: str, *, enabled: bool = Tr
     return Entity(endpoint, field, name, category="diagnostic", enabled=enabled)
 
 
+_STATE_OPTIONS: Final = (*dict.fromkeys(EVSE_STATE_NAMES.values()), EVSE_STATE_UNKNOWN)
+# derived/evse_state_name says unknown_<n> for codes nobody agrees on; an enum entity must only
+# ever show one of its options, so those show as "unknown".
 _STATE_NAME_TEMPLATE: Final = (
-    "{% set names = " + repr({str(code): name for code, name in EVSE_STATE_NAMES.items()}) + " %}"
-    "{{ names.get(value | string, '" + EVSE_STATE_UNKNOWN + "') }}"
+    "{{ value if value in " + repr(list(_STATE_OPTIONS)) + " else '" + EVSE_STATE_UNKNOWN + "' }}"
 )
 
 ENTITIES: Final[tuple[Entity, ...]] = (
@@ -165,9 +158,9 @@ ENTITIES: Final[tuple[Entity, ...]] = (
     _voltage("vitals", "relay_coil_v", "Relay coil voltage", enabled=False),
     _voltage("vitals", "relay_k1_v", "Relay K1 voltage", enabled=False),
     _voltage("vitals", "relay_k2_v", "Relay K2 voltage", enabled=False),
-    _temperature("pcba_temp_c", "PCB temperature"),
-    _temperature("handle_temp_c", "Handle temperature", diagnostic=False),
-    _temperature("mcu_temp_c", "MCU temperature"),
+    _temperature("pcba_temp_c", "PCB temperature (raw)"),
+    _temperature("handle_temp_c", "Handle temperature (raw)"),
+    _temperature("mcu_temp_c", "MCU temperature (raw)"),
     Entity(
         "vitals",
         "uptime_s",
@@ -194,26 +187,18 @@ ENTITIES: Final[tuple[Entity, ...]] = (
     Entity(
         "vitals",
         "session_energy_wh",
-        "Session energy",
+        "Session energy (Wh)",
         device_class="energy",
         unit="Wh",
         # Resets to 0 at each plug-in; total_increasing treats that as a new meter cycle.
         state_class="total_increasing",
         precision=0,
+        category="diagnostic",
+        enabled=False,  # derived/session_energy_kwh shows the same in kWh
     ),
     _diagnostic_text("vitals", "config_status", "Config status", enabled=False),
     Entity("vitals", "evse_state", "State code", category="diagnostic", icon="mdi:numeric"),
-    Entity(
-        "vitals",
-        "evse_state_name",
-        "State",
-        device_class="enum",
-        options=(*dict.fromkeys(EVSE_STATE_NAMES.values()), EVSE_STATE_UNKNOWN),
-        value_template=_STATE_NAME_TEMPLATE,
-        source_field="evse_state",
-        icon="mdi:ev-station",
-    ),
-    Entity("vitals", "current_alerts", "Alerts", icon="mdi:alert-circle-outline"),
+    _diagnostic_text("vitals", "current_alerts", "Alert codes"),
     _diagnostic_text("vitals", "evse_not_ready_reasons", "Not-ready reasons"),
     # /api/1/lifetime
     _counter("contactor_cycles", "Contactor cycles"),
@@ -323,15 +308,100 @@ ENTITIES: Final[tuple[Entity, ...]] = (
         category="diagnostic",
     ),
     _diagnostic_text("wifi_status", "wifi_mac", "Wi-Fi MAC address", enabled=False),
+    # derived/…: computed by the bridge (bridge/derived.py)
+    Entity(
+        "derived",
+        "power_w",
+        "Power",
+        device_class="power",
+        unit="W",
+        state_class="measurement",
+        precision=0,
+    ),
+    _current("derived", "current_a", "Charging current", diagnostic=False),
+    Entity(
+        "derived",
+        "phase_mode",
+        "Phase mode",
+        device_class="enum",
+        options=("three_phase", "split_phase", "single_phase"),
+        category="diagnostic",
+    ),
+    Entity(
+        "derived",
+        "status",
+        "Status",
+        device_class="enum",
+        options=("disconnected", "connected", "charging"),
+        icon="mdi:ev-station",
+    ),
+    Entity(
+        "derived",
+        "evse_state_name",
+        "State",
+        device_class="enum",
+        options=_STATE_OPTIONS,
+        value_template=_STATE_NAME_TEMPLATE,
+        category="diagnostic",
+    ),
+    Entity("derived", "charging", "Charging", "binary_sensor", "battery_charging"),
+    Entity("derived", "plugged_in", "Plugged in", "binary_sensor", "plug"),
+    Entity(
+        "derived",
+        "energy_wh",
+        "Energy",
+        device_class="energy",
+        unit="Wh",
+        # Built by the bridge from session increases: never decreases, never jumps (Q1).
+        state_class="total_increasing",
+        precision=0,
+    ),
+    Entity(
+        "derived",
+        "lifetime_energy_wh",
+        "Unit lifetime energy (guarded)",
+        device_class="energy",
+        unit="Wh",
+        state_class="total_increasing",
+        precision=0,
+        category="diagnostic",
+    ),
+    Entity(
+        "derived",
+        "rejected_energy_samples",
+        "Rejected energy samples",
+        state_class="total_increasing",
+        precision=0,
+        category="diagnostic",
+        icon="mdi:counter",
+    ),
+    Entity(
+        "derived",
+        "session_energy_kwh",
+        "Session energy",
+        device_class="energy",
+        unit="kWh",
+        state_class="total_increasing",
+        precision=2,
+    ),
+    Entity(
+        "derived",
+        "session_duration_s",
+        "Session duration",
+        device_class="duration",
+        unit="s",
+        state_class="measurement",
+        precision=0,
+    ),
+    Entity("derived", "alerts", "Alerts", icon="mdi:alert-circle-outline"),
+    _diagnostic_text("derived", "wifi_ssid", "Wi-Fi network"),
+    Entity("derived", "last_boot", "Last boot", device_class="timestamp", category="diagnostic"),
+    _temperature("pcba_temp_c", "PCB temperature", endpoint="derived"),
+    _temperature("handle_temp_c", "Handle temperature", diagnostic=False, endpoint="derived"),
+    _temperature("mcu_temp_c", "MCU temperature", endpoint="derived"),
 )
 
 _BY_FIELD: Final[dict[tuple[str, str], Entity]] = {(e.endpoint, e.field): e for e in ENTITIES}
-# Entities shown only when the field they read is present (a second view of a field).
-_VIEWS_OF: Final[dict[tuple[str, str], tuple[Entity, ...]]] = {}
-for _entity in ENTITIES:
-    if _entity.source_field is not None:
-        _key = (_entity.endpoint, _entity.source_field)
-        _VIEWS_OF[_key] = (*_VIEWS_OF.get(_key, ()), _entity)
 
 
 def entity_for(endpoint: str, field: str) -> Entity:
@@ -344,11 +414,7 @@ def entity_for(endpoint: str, field: str) -> Entity:
 
 def entities_for_fields(endpoint: str, fields: list[str]) -> list[Entity]:
     """Every entity to announce for the fields a body contains, in body order."""
-    result: list[Entity] = []
-    for field in fields:
-        result.append(entity_for(endpoint, field))
-        result.extend(_VIEWS_OF.get((endpoint, field), ()))
-    return result
+    return [entity_for(endpoint, field) for field in fields]
 
 
 def _readable(field: str) -> str:

@@ -15,6 +15,7 @@ from typing import Final, Protocol
 
 from bridge.backoff import Backoff
 from bridge.config import PollingConfig
+from bridge.derivation import UnitDerivation
 from bridge.models import (
     ENDPOINTS,
     Endpoint,
@@ -25,7 +26,7 @@ from bridge.models import (
     parse_endpoint,
 )
 from bridge.outbox import Outbox
-from bridge.publishing import UnitTopics, publish_body
+from bridge.publishing import UnitTopics, publish_body, publish_derived
 from bridge.topics import id_problem, slugify
 from bridge.twc import TwcBadResponseError, TwcError, TwcUnreachableError
 
@@ -68,6 +69,7 @@ class UnitStatus:
     serial: str | None = None
     vehicle_connected: bool = False
     last_bodies: dict[Endpoint, ParsedBody] = field(default_factory=dict)
+    derived: dict[str, object] = field(default_factory=dict)
 
 
 class ConnectorPoller:
@@ -87,9 +89,14 @@ class ConnectorPoller:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         backoff: Backoff | None = None,
         on_update: Callable[[ConnectorPoller], None] | None = None,
+        derivation: UnitDerivation | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.label = label
         self._on_update = on_update
+        self.derivation = derivation or UnitDerivation()
+        self._wall_clock = wall_clock
+        self._rejections_logged = False
         self.attempted: set[Endpoint] = set()
         self.polling = polling
         self.status = UnitStatus()
@@ -247,6 +254,7 @@ class ConnectorPoller:
                 logger.info("unit %s: waiting for its serial number to name its topics", self.label)
             return
         self._outbox.put(self._topics.availability, "online")
+        self._derive(parsed)
         for body in status.last_bodies.values() if self._newly_named() else (parsed,):
             skipped = publish_body(self._outbox, self._topics, body)
             if skipped:
@@ -256,6 +264,24 @@ class ConnectorPoller:
         self._publish_counters()
         if self._on_update is not None:
             self._on_update(self)
+
+    def _derive(self, parsed: ParsedBody) -> None:
+        if self._topics is None:  # pragma: no cover - called only once topics are known
+            return
+        now = self._wall_clock()
+        derived = self.derivation.feed(parsed, now)
+        self.status.derived.update(derived.values)
+        publish_derived(self._outbox, self._topics, derived, now)
+        guard = self.derivation.lifetime
+        if guard.rejected and not self._rejections_logged:
+            self._rejections_logged = True
+            logger.warning(
+                "unit %s: lifetime energy_wh jumped implausibly (raw %s Wh); keeping %s Wh "
+                "(counted in derived/rejected_energy_samples; not logged again)",
+                self.label,
+                guard.last_raw_wh,
+                guard.guarded_wh,
+            )
 
     def _newly_named(self) -> bool:
         # Bodies read before the id was known are published once, when it becomes known.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any, Final
 
+from bridge.derivation import TEMPERATURE_FIELDS, Derived
 from bridge.models import ParsedBody
 from bridge.outbox import Outbox
 from bridge.topics import compact_json, field_level, plain_payload
@@ -29,6 +31,15 @@ class UnitTopics:
     def field(self, endpoint: str, level: str) -> str:
         """The topic holding one field's plain value."""
         return f"{self.root}/{endpoint}/{level}"
+
+    def derived(self, name: str) -> str:
+        """The topic of one derived value."""
+        return f"{self.root}/derived/{name}"
+
+    @property
+    def event(self) -> str:
+        """The non-retained event topic."""
+        return f"{self.root}/event"
 
     def poller(self, name: str) -> str:
         """The topic of one of the bridge's own counters about this unit."""
@@ -66,3 +77,24 @@ def publish_body(outbox: Outbox, topics: UnitTopics, parsed: ParsedBody) -> int:
     for level, payload in levels.items():
         outbox.put(topics.field(parsed.endpoint, level), payload)
     return skipped
+
+
+def publish_derived(outbox: Outbox, topics: UnitTopics, derived: Derived, now: float) -> None:
+    """Put derived values (``derived/<name>``) and events (``event``) into the outbox.
+
+    A temperature whose sensor reads invalid is published as ``null``, so consumers see it is
+    unknown instead of a stale value; other unknown values are left unpublished.
+    """
+    for name, value in derived.values.items():
+        payload = plain_payload(value)
+        if payload is None and name in TEMPERATURE_FIELDS:
+            payload = "null"
+        if payload is not None:
+            outbox.put(topics.derived(name), payload)
+    if derived.events:
+        timestamp = datetime.fromtimestamp(now, tz=UTC).isoformat(timespec="seconds")
+        for event in derived.events:
+            body = {"type": event.type, "timestamp": timestamp.replace("+00:00", "Z")}
+            body.update(event.details)
+            body["unit"] = topics.unit_id
+            outbox.event(topics.event, compact_json(body))

@@ -121,6 +121,7 @@ SENSOR_DEVICE_CLASS_UNITS: Final[Mapping[str, frozenset[str]]] = {
     "duration": frozenset({"μs", "ms", "s", "min", "h", "d"}),
     "signal_strength": frozenset({"dB", "dBm"}),
 }
+NON_NUMERIC_DEVICE_CLASSES: Final = frozenset({"date", "enum", "timestamp"})
 SENSOR_DEVICE_CLASS_STATE_CLASSES: Final[Mapping[str, frozenset[str]]] = {
     "voltage": _MEASUREMENT,
     "current": _MEASUREMENT,
@@ -391,6 +392,11 @@ def _sensor_problems(payload: Mapping[str, Any]) -> Iterator[str]:
         yield "rejected: suggested_display_precision must be an integer ≥ 0"
     yield from _options_problems(payload)
     device_class = payload.get("device_class")
+    if device_class in NON_NUMERIC_DEVICE_CLASSES - {"enum"}:
+        # sensor/const.py NON_NUMERIC_DEVICE_CLASSES: no unit, no state class.
+        if "unit_of_measurement" in payload or "state_class" in payload:
+            yield f"rejected: device_class {device_class!r} takes no unit or state_class"
+        return
     if device_class is None or device_class == "enum":
         return
     if device_class not in SENSOR_DEVICE_CLASS_UNITS:

@@ -48,7 +48,6 @@ GARAGE_DEVICE_TOPIC: Final = "homeassistant/device/twc3_test0001/config"
 GRID_V_TOPIC: Final = "homeassistant/sensor/twc3_test0001/vitals_grid_v/config"
 GRID_HZ_TOPIC: Final = "homeassistant/sensor/twc3_test0001/vitals_grid_hz/config"
 EVSE_STATE_TOPIC: Final = "homeassistant/sensor/twc3_test0001/vitals_evse_state/config"
-EVSE_NAME_TOPIC: Final = "homeassistant/sensor/twc3_test0001/vitals_evse_state_name/config"
 
 
 def _fields(**changes: list[str]) -> dict[str, list[str]]:
@@ -189,12 +188,10 @@ def test_removed_field_deletes_its_config(tmp_path: Path) -> None:
     assert batch == [
         Message(GRID_HZ_TOPIC, ""),
         Message(EVSE_STATE_TOPIC, ""),
-        Message(EVSE_NAME_TOPIC, ""),
     ]
     saved = _saved_topics(state)
     assert set(saved) == {BRIDGE_ENTITY_TOPIC} | _garage_topics(fewer)
     assert GRID_HZ_TOPIC not in saved
-    assert EVSE_NAME_TOPIC not in saved
     assert GRID_V_TOPIC in saved
 
 
@@ -290,7 +287,6 @@ def test_device_mode_removed_field_stays_a_stub_for_the_run(tmp_path: Path) -> N
     assert set(components) == {
         "vitals_grid_v",
         "vitals_evse_state",
-        "vitals_evse_state_name",
         "vitals_mystery_field",
         "lifetime_energy_wh",
         "lifetime_uptime_s",

@@ -12,6 +12,7 @@ from typing import Any, Final
 import pytest
 
 from bridge import __version__
+from bridge.derived import EVSE_STATE_NAMES, evse_state_name
 from bridge.discovery import (
     Site,
     UnitInfo,
@@ -23,7 +24,6 @@ from bridge.discovery import (
 )
 from bridge.entities import (
     ENTITIES,
-    EVSE_STATE_NAMES,
     EVSE_STATE_UNKNOWN,
     Entity,
     entities_for_fields,
@@ -79,21 +79,18 @@ SHARED: Final[dict[str, Any]] = {
     "origin": ORIGIN,
 }
 STATE_NAME_TEMPLATE: Final = (
-    "{% set names = {'0': 'booting', '1': 'not_connected', '2': 'connected', '4': 'ready', "
-    "'6': 'negotiating', '7': 'transition', '8': 'charging_finished', '9': 'waiting_car', "
-    "'10': 'charging_reduced', '11': 'charging'} %}"
-    "{{ names.get(value | string, 'unknown') }}"
+    "{{ value if value in ['booting', 'not_connected', 'connected', 'ready', 'negotiating', "
+    "'transition', 'waiting_car', 'charging', 'unknown'] else 'unknown' }}"
 )
 UNKNOWN_FIELDS: Final[dict[str, list[str]]] = {
     "vitals": ["new_sensor_mv", "Odd-Key9"],
     "lifetime": ["future_counter"],
     "wifi_status": ["wifi_band"],
 }
-# Every field the table knows (views such as evse_state_name come from their source field).
+# Every field the table knows.
 ALL_FIELDS: Final[dict[str, list[str]]] = {}
 for _entity in ENTITIES:
-    if _entity.source_field is None:
-        ALL_FIELDS.setdefault(_entity.endpoint, []).append(_entity.field)
+    ALL_FIELDS.setdefault(_entity.endpoint, []).append(_entity.field)
 for _endpoint, _names in UNKNOWN_FIELDS.items():
     ALL_FIELDS[_endpoint].extend(_names)
 
@@ -153,9 +150,9 @@ def test_vehicle_connected_payload_is_exact() -> None:
 
 
 def test_state_name_enum_payload_is_exact() -> None:
-    """The evse_state_name enum reads the evse_state topic and maps codes to names."""
-    configs = entity_configs(SITE, INFO, entities_for_fields("vitals", ["evse_state"]))
-    assert _single(configs, f"{NODE}/vitals_evse_state_name/config") == {
+    """The evse_state_name enum reads derived/evse_state_name and lists every name it can show."""
+    configs = entity_configs(SITE, INFO, entities_for_fields("derived", ["evse_state_name"]))
+    assert _single(configs, f"{NODE}/derived_evse_state_name/config") == {
         "name": "State",
         "device_class": "enum",
         "options": [
@@ -165,17 +162,15 @@ def test_state_name_enum_payload_is_exact() -> None:
             "ready",
             "negotiating",
             "transition",
-            "charging_finished",
             "waiting_car",
-            "charging_reduced",
             "charging",
             "unknown",
         ],
         "value_template": STATE_NAME_TEMPLATE,
-        "icon": "mdi:ev-station",
-        "unique_id": "TEST0001_vitals_evse_state_name",
-        "default_entity_id": "sensor.twc3_garage_vitals_evse_state_name",
-        "state_topic": "twc3/garage/vitals/evse_state",
+        "entity_category": "diagnostic",
+        "unique_id": "TEST0001_derived_evse_state_name",
+        "default_entity_id": "sensor.twc3_garage_derived_evse_state_name",
+        "state_topic": "twc3/garage/derived/evse_state_name",
         **SHARED,
     }
 
@@ -371,6 +366,16 @@ def test_every_unit_entity_carries_the_full_device_and_availability() -> None:
     for payload in _all_entity_configs().values():
         assert payload["device"] == DEVICE
         assert payload["origin"] == ORIGIN
+        if payload["state_topic"].endswith("_temp_c") and "/derived/" in payload["state_topic"]:
+            # A failed temperature sensor (255 °C, published as null) is unavailable too.
+            assert payload["availability"] == [
+                *AVAILABILITY,
+                {
+                    "topic": payload["state_topic"],
+                    "value_template": "{{ 'offline' if value == 'null' else 'online' }}",
+                },
+            ]
+            continue
         assert payload["availability"] == AVAILABILITY
         assert payload["availability_mode"] == "all"
         assert "object_id" not in payload
@@ -380,47 +385,36 @@ def test_every_unit_entity_carries_the_full_device_and_availability() -> None:
 
 
 def _state_name_entity() -> Entity:
-    (entity,) = [e for e in entities_for_fields("vitals", ["evse_state"]) if e.device_class]
-    return entity
-
-
-def _template_mapping(template: str) -> dict[str, str]:
-    """The code → name dict literal the template sets (the template is plain Jinja)."""
-    start = template.index("{% set names = ") + len("{% set names = ")
-    end = template.index(" %}", start)
-    mapping = ast.literal_eval(template[start:end])
-    assert isinstance(mapping, dict)
-    return {str(code): str(name) for code, name in mapping.items()}
+    return entity_for("derived", "evse_state_name")
 
 
 def test_state_name_template_maps_every_code() -> None:
-    """Known codes render their name and anything else renders 'unknown'."""
+    """Published names pass through; unknown_<n> and anything else render 'unknown'."""
     template = _state_name_entity().value_template
     assert template is not None
-    expected = {str(code): name for code, name in EVSE_STATE_NAMES.items()}
-    samples = {**expected, "3": EVSE_STATE_UNKNOWN, "99": EVSE_STATE_UNKNOWN, "": "unknown"}
+    names = [evse_state_name(code) for code in range(16)]
+    samples = {
+        name: (name if not name.startswith("unknown_") else "unknown") for name in names if name
+    }
+    samples["garbage"] = EVSE_STATE_UNKNOWN
     if importlib.util.find_spec("jinja2") is not None:
         jinja2 = importlib.import_module("jinja2")
         compiled = jinja2.Environment(autoescape=False).from_string(template)
-        rendered = {value: compiled.render(value=value) for value in samples}
-        assert rendered == samples
+        assert {value: compiled.render(value=value) for value in samples} == samples
     else:  # jinja2 is not a dependency: check the template text instead
-        for code, name in expected.items():
-            assert f"'{code}': '{name}'" in template
-        assert f"names.get(value | string, '{EVSE_STATE_UNKNOWN}')" in template
-        assert _template_mapping(template) == expected
+        listed = ast.literal_eval(template[template.index("[") : template.index("]") + 1])
+        assert {value if value in listed else EVSE_STATE_UNKNOWN for value in samples} == set(
+            samples.values()
+        )
+        assert template.endswith(f"else '{EVSE_STATE_UNKNOWN}' }}}}")
 
 
 def test_state_name_template_renders_only_listed_options() -> None:
     """Every value the template can produce is one of the enum's options."""
     entity = _state_name_entity()
-    assert entity.value_template is not None
     producible = {*EVSE_STATE_NAMES.values(), EVSE_STATE_UNKNOWN}
-    assert producible <= set(entity.options)
-    from_template = {*_template_mapping(entity.value_template).values(), EVSE_STATE_UNKNOWN}
-    assert from_template <= set(entity.options)
-    assert len(entity.options) == len(set(entity.options))
     assert set(entity.options) == producible
+    assert len(entity.options) == len(set(entity.options))
 
 
 # --- entity_for / entities_for_fields -----------------------------------------------------------
@@ -454,27 +448,6 @@ def test_entity_for_known_field_is_the_table_row() -> None:
 def test_entity_for_a_field_on_another_endpoint_is_unknown() -> None:
     """A table field under a different endpoint is not mistaken for the table's row."""
     assert entity_for("version", "grid_v").device_class is None
-
-
-def test_state_name_view_only_with_evse_state() -> None:
-    """evse_state_name follows evse_state, and only on the vitals endpoint."""
-    without = entities_for_fields("vitals", ["grid_v", "session_s"])
-    assert [e.field for e in without] == ["grid_v", "session_s"]
-    with_state = entities_for_fields("vitals", ["grid_v", "evse_state", "session_s"])
-    assert [e.field for e in with_state] == ["grid_v", "evse_state", "evse_state_name", "session_s"]
-    assert [e.field for e in entities_for_fields("lifetime", ["evse_state"])] == ["evse_state"]
-
-
-def test_every_table_view_reads_a_table_field() -> None:
-    """Every second view points at a field of its own endpoint that the table knows."""
-    keys = {(e.endpoint, e.field) for e in ENTITIES}
-    views = [e for e in ENTITIES if e.source_field is not None]
-    assert views
-    assert all((e.endpoint, e.source_field) in keys for e in views)
-    assert len(keys) == len(ENTITIES)
-
-
-# --- the checker itself catches what HA rejects -------------------------------------------------
 
 
 def _good_sensor() -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from bridge.entities import entities_for_fields
+from bridge.entities import ENTITIES, entities_for_fields
 from bridge.simulator import SimulatedUnit, UnitServer
 from tests.conftest import Broker, collect_retained, subscriber, wait_for_retained
 
@@ -36,14 +36,17 @@ SERIALS = ("SIMDISC00001", "SIMDISC00002", "SIMDISC00003")
 
 
 def expected_config_count(unit: SimulatedUnit) -> int:
-    """How many entities a unit's four bodies give."""
+    """How many entities a unit's four bodies give, plus every derived value."""
     bodies = {
         "vitals": unit.vitals(),
         "lifetime": unit.lifetime(),
         "version": unit.version(),
         "wifi_status": unit.wifi_status(),
     }
-    return sum(len(entities_for_fields(endpoint, list(body))) for endpoint, body in bodies.items())
+    derived = sum(1 for entity in ENTITIES if entity.endpoint == "derived")
+    return derived + sum(
+        len(entities_for_fields(endpoint, list(body))) for endpoint, body in bodies.items()
+    )
 
 
 class Bridge:
