@@ -392,12 +392,8 @@ def _sensor_problems(payload: Mapping[str, Any]) -> Iterator[str]:
         yield "rejected: suggested_display_precision must be an integer ≥ 0"
     yield from _options_problems(payload)
     device_class = payload.get("device_class")
-    if device_class in NON_NUMERIC_DEVICE_CLASSES - {"enum"}:
-        # sensor/const.py NON_NUMERIC_DEVICE_CLASSES: no unit, no state class.
-        if "unit_of_measurement" in payload or "state_class" in payload:
-            yield f"rejected: device_class {device_class!r} takes no unit or state_class"
-        return
-    if device_class is None or device_class == "enum":
+    if device_class is None or device_class in NON_NUMERIC_DEVICE_CLASSES:
+        yield from _non_numeric_problems(payload, device_class)
         return
     if device_class not in SENSOR_DEVICE_CLASS_UNITS:
         yield f"checker: sensor device_class {device_class!r} is not in the table"
@@ -414,6 +410,14 @@ def _sensor_problems(payload: Mapping[str, Any]) -> Iterator[str]:
             f"hygiene: state_class {state_class!r} is impossible for device_class "
             f"{device_class!r} (HA warns at run time)"
         )
+
+
+def _non_numeric_problems(payload: Mapping[str, Any], device_class: str | None) -> Iterator[str]:
+    # sensor/const.py NON_NUMERIC_DEVICE_CLASSES take no unit and no state class (enum: below).
+    if device_class in {"date", "timestamp"} and (
+        "unit_of_measurement" in payload or "state_class" in payload
+    ):
+        yield f"rejected: device_class {device_class!r} takes no unit or state_class"
 
 
 def _options_problems(payload: Mapping[str, Any]) -> Iterator[str]:
