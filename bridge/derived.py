@@ -181,16 +181,20 @@ class SessionEnergy:
     """The bridge's own lifetime total, built from increases of ``session_energy_wh``.
 
     A session reset (plug-in, reboot, ``uptime_s`` going backwards) starts a new base and never
-    shows as a drop; a drop without such evidence and an implausibly large increase are glitches
-    and are ignored. The total never decreases.
+    shows as a drop; a drop without such evidence and an increase larger than the unit can have
+    delivered since the last accepted sample are glitches and are ignored. The total never
+    decreases. ``last_session_wh``/``last_time`` are the last *accepted* sample; ``prev_*`` the
+    last sample seen, which is what reset evidence is judged against.
     """
 
     total_wh: float = 0.0
     last_session_wh: float | None = None
-    last_uptime_s: int | None = None
-    last_session_s: int | None = None
-    last_connected: bool | None = None
     last_time: float | None = None
+    prev_uptime_s: int | None = None
+    prev_session_s: int | None = None
+    prev_connected: bool | None = None
+    prev_time: float | None = None
+    reset_pending: bool = False
     rejected: int = 0
 
     def update(self, vitals: Vitals, now: float, max_power: float) -> float:
@@ -199,65 +203,78 @@ class SessionEnergy:
         if session is None or not math.isfinite(session) or session < 0:
             return 0.0
         if self.last_session_wh is None or self.last_time is None:
-            self._remember(vitals, session, now)
+            self._accept(session, now)
+            self._remember(vitals, now)
             return 0.0
-        elapsed = now - self.last_time
-        new_session = self._new_session(vitals, elapsed)
-        if new_session:
-            # Energy since the reset; the session clock bounds it better than our own gap.
+        evidence = self._reset_evidence(vitals, now)
+        self._remember(vitals, now)
+        base = self.last_session_wh
+        if evidence and session == base and session > 0:
+            # Still the last session's retained value: its reset to 0 comes with a later sample.
+            self.reset_pending = True
+            return 0.0
+        window = now - self.last_time
+        if evidence or (self.reset_pending and session < base):
+            self.reset_pending = False
             increase = session
-            window = elapsed if vitals.session_s is None else min(elapsed, vitals.session_s + 5)
+            if vitals.session_s:  # the session clock bounds energy since the reset
+                window = min(window, vitals.session_s + 5.0)
         else:
-            increase = session - self.last_session_wh
-            window = elapsed
+            increase = session - base
             if increase < 0:  # a drop with no reset behind it: a glitch, not a new session
                 self.rejected += 1
-                self.last_time = now
                 return 0.0
         if increase > plausible_increase_wh(window, max_power):
             self.rejected += 1
-            self.last_time = now  # keep the old base: the next good sample is measured from it
             return 0.0
         self.total_wh += increase
-        self._remember(vitals, session, now)
+        self._accept(session, now)
         return increase
 
-    def _new_session(self, vitals: Vitals, elapsed: float) -> bool:
+    def _reset_evidence(self, vitals: Vitals, now: float) -> bool:
         rebooted = (
             vitals.uptime_s is not None
-            and self.last_uptime_s is not None
-            and vitals.uptime_s < self.last_uptime_s
+            and self.prev_uptime_s is not None
+            and vitals.uptime_s < self.prev_uptime_s
         )
-        plugged_in = vitals.vehicle_connected is True and self.last_connected is False
+        connected = vitals.vehicle_connected is True
+        plugged_in = connected and self.prev_connected is False
+        # session_s counts from plug-in; 0 while connected means a finished session, not a new one.
+        session_s = vitals.session_s or 0
         replugged = (
-            vitals.vehicle_connected is True
-            and vitals.session_s is not None
+            connected
+            and session_s > 0
             and (
-                (self.last_session_s is not None and vitals.session_s < self.last_session_s)
-                or vitals.session_s + 5 < elapsed
+                (self.prev_session_s is not None and session_s < self.prev_session_s)
+                or (self.prev_time is not None and session_s + 5 < now - self.prev_time)
             )
         )
         return rebooted or plugged_in or replugged
 
-    def _remember(self, vitals: Vitals, session: float, now: float) -> None:
+    def _accept(self, session: float, now: float) -> None:
         self.last_session_wh = session
         self.last_time = now
+
+    def _remember(self, vitals: Vitals, now: float) -> None:
+        self.prev_time = now
         if vitals.uptime_s is not None:
-            self.last_uptime_s = vitals.uptime_s
+            self.prev_uptime_s = vitals.uptime_s
         if vitals.session_s is not None:
-            self.last_session_s = vitals.session_s
+            self.prev_session_s = vitals.session_s
         if vitals.vehicle_connected is not None:
-            self.last_connected = vitals.vehicle_connected
+            self.prev_connected = vitals.vehicle_connected
 
     def to_json(self) -> dict[str, Any]:
         """What survives a bridge restart."""
         return {
             "total_wh": self.total_wh,
             "last_session_wh": self.last_session_wh,
-            "last_uptime_s": self.last_uptime_s,
-            "last_session_s": self.last_session_s,
-            "last_connected": self.last_connected,
             "last_time": self.last_time,
+            "last_uptime_s": self.prev_uptime_s,
+            "last_session_s": self.prev_session_s,
+            "last_connected": self.prev_connected,
+            "prev_time": self.prev_time,
+            "reset_pending": self.reset_pending,
         }
 
     @classmethod
@@ -273,10 +290,13 @@ class SessionEnergy:
             restored.last_session_wh = float(session)
             restored.last_time = float(at)
             uptime, session_s = data.get("last_uptime_s"), data.get("last_session_s")
-            restored.last_uptime_s = uptime if isinstance(uptime, int) else None
-            restored.last_session_s = session_s if isinstance(session_s, int) else None
+            restored.prev_uptime_s = uptime if isinstance(uptime, int) else None
+            restored.prev_session_s = session_s if isinstance(session_s, int) else None
             connected = data.get("last_connected")
-            restored.last_connected = connected if isinstance(connected, bool) else None
+            restored.prev_connected = connected if isinstance(connected, bool) else None
+            prev = data.get("prev_time")
+            restored.prev_time = float(prev) if _finite_number(prev) else float(at)
+            restored.reset_pending = data.get("reset_pending") is True
         return restored
 
 
@@ -284,20 +304,27 @@ def _finite_number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+LIFETIME_REBASE_AFTER: Final = 3  # readings in a row below the reference: a genuine reset
+
+
 @dataclass
 class LifetimeGuard:
     """The unit's lifetime ``energy_wh``, with its known phantom jumps kept out (Q1).
 
-    Each new raw value is compared with the previous raw one. A decrease, an increase larger than
-    the unit can deliver since the last accepted increase, or an increase while the contactor has
-    stayed open since then is rejected: the guarded value keeps the last good number and the jump
-    is never added later.
+    An increase larger than the unit can deliver since the last accepted one, or an increase while
+    the contactor has stayed open since then, is rejected. If the next reading stays at or above
+    it, the jump persisted and is never added (the reference moves past it); if it falls back, it
+    was a one-sample spike and is forgotten. A decrease is rejected and the reference stays, so a
+    dip and its recovery add nothing; only several readings in a row below it (a reset of the
+    counter, Q9) move the reference down. The guarded value never decreases.
     """
 
     guarded_wh: float | None = None
-    last_raw_wh: float | None = None
+    last_raw_wh: float | None = None  # the reference increases are measured from
     last_accept_time: float | None = None
     contactor_closed_since_accept: bool = False
+    below_reference: int = 0
+    rejected_jump_wh: float | None = None  # a rejected reading, adopted if the next one stays up
     rejected: int = 0
 
     def saw_vitals(self, vitals: Vitals) -> None:
@@ -315,19 +342,30 @@ class LifetimeGuard:
             self.last_accept_time = now
             self.contactor_closed_since_accept = False
             return True
+        if self.rejected_jump_wh is not None:
+            if raw_wh >= self.rejected_jump_wh:
+                self.last_raw_wh = self.rejected_jump_wh  # the jump stuck: exclude it for good
+            self.rejected_jump_wh = None
         increase = raw_wh - self.last_raw_wh
-        self.last_raw_wh = raw_wh
+        if increase < 0:
+            self.rejected += 1
+            self.below_reference += 1
+            if self.below_reference >= LIFETIME_REBASE_AFTER:
+                self.last_raw_wh = raw_wh
+                self.below_reference = 0
+            return False
+        self.below_reference = 0
         if increase == 0:
             return True
         elapsed = now - self.last_accept_time
-        plausible = (
-            increase > 0
-            and increase <= plausible_increase_wh(elapsed, max_power)
-            and (self.contactor_closed_since_accept or increase <= ENERGY_TOLERANCE_WH)
+        plausible = increase <= plausible_increase_wh(elapsed, max_power) and (
+            self.contactor_closed_since_accept or increase <= ENERGY_TOLERANCE_WH
         )
         if not plausible:
             self.rejected += 1
+            self.rejected_jump_wh = raw_wh
             return False
+        self.last_raw_wh = raw_wh
         self.guarded_wh += increase
         self.last_accept_time = now
         self.contactor_closed_since_accept = False
