@@ -85,7 +85,8 @@ class UnitDerivation:
         values: dict[str, Any] = {
             "power_w": power,
             "current_a": current_a(vitals),
-            "phase_mode": wiring,
+            # In auto mode nothing is claimed before a charge has shown the voltages.
+            "phase_mode": wiring if self.phase.mode != "auto" or self.phase.detected else None,
             "status": status(vitals),
             "evse_state_name": evse_state_name(vitals.evse_state),
             "charging": vitals.contactor_closed,

@@ -9,7 +9,7 @@ import pytest
 
 from bridge.derivation import TEMPERATURE_FIELDS, UnitDerivation
 from bridge.derived import PhaseMode, SessionEnergy
-from bridge.models import Endpoint, ParsedBody, parse_endpoint
+from bridge.models import Endpoint, ParsedBody, Vitals, parse_endpoint
 
 NOW = 1_766_520_000.0  # 2025-12-23T20:00:00Z
 
@@ -220,3 +220,21 @@ def test_version_gives_firmware_changed_event() -> None:
     assert [(event.type, event.details) for event in upgraded.events] == [
         ("firmware_changed", {"from": "24.44.3+gabcdef", "to": "25.34.1+ge48cc9be91ebc7"})
     ]
+
+
+def test_phase_mode_is_not_claimed_before_a_charge_in_auto_mode() -> None:
+    """Auto mode publishes no phase mode until the voltages of a charge have shown it."""
+    derivation = UnitDerivation()
+    idle = Vitals(contactor_closed=False, vehicle_connected=False, grid_v=240.0)
+    assert derivation.vitals(idle, 0.0).values["phase_mode"] is None
+    charging = Vitals(
+        contactor_closed=True,
+        vehicle_connected=True,
+        grid_v=240.0,
+        voltageA_v=120.0,
+        voltageB_v=240.0,
+        voltageC_v=120.0,
+        vehicle_current_a=32.0,
+    )
+    assert derivation.vitals(charging, 5.0).values["phase_mode"] == "split_phase"
+    assert derivation.vitals(idle, 10.0).values["phase_mode"] == "split_phase"
