@@ -93,6 +93,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return asyncio.run(probe(args.host, redact=args.redact, timeout_s=args.timeout))
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    """Look for Wall Connectors on a network and print a configuration block for each."""
+    from bridge.scan import run_scan  # noqa: PLC0415 - imports httpx only when needed
+
+    return run_scan(
+        args.network, port=args.port, timeout_s=args.timeout, concurrency=args.concurrency
+    )
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Run simulated units until interrupted."""
     from bridge.simulator import simulate_main  # noqa: PLC0415 - the simulator is optional
@@ -129,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument("--timeout", type=float, default=15.0, help="read timeout in seconds")
     probe.set_defaults(handler=cmd_probe)
+
+    scan = sub.add_parser("scan", help="find Wall Connectors on a network and print their config")
+    scan.add_argument("network", metavar="NETWORK", help="e.g. 192.168.1.0/24, or one address")
+    scan.add_argument("--port", type=int, default=80, help="HTTP port to try (default 80)")
+    scan.add_argument(
+        "--timeout", type=float, default=1.5, help="connect and read timeout in seconds"
+    )
+    scan.add_argument(
+        "--concurrency", type=int, default=32, help="addresses probed at once (1-256)"
+    )
+    scan.set_defaults(handler=cmd_scan)
 
     simulate = sub.add_parser("simulate", help="run simulated Wall Connectors on loopback ports")
     from bridge.simulator import add_simulate_arguments  # noqa: PLC0415 - optional module

@@ -116,6 +116,19 @@ class ConnectorConfig(_Strict):
     backoff_max_s: Annotated[float, Field(ge=1, le=3600)] | None = None
     phase_mode: Literal["auto", "three_phase", "split_phase", "single_phase"] = "auto"
     rated_current_a: Annotated[float, Field(gt=0, le=80)] = 48.0
+    # Bind this connector's HTTP client to a local address, e.g. a second interface joined to a
+    # power-sharing leader's own Wi-Fi (192.168.92.x) to reach its followers.
+    source_address: str | None = None
+
+    @field_validator("source_address")
+    @classmethod
+    def _valid_source(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address of this machine") from None
 
     @field_validator("host")
     @classmethod
@@ -200,6 +213,35 @@ class BridgeSection(_Strict):
     data_dir: Path = Field(default_factory=default_data_dir)
 
 
+class GroupConfig(_Strict):
+    """A power-sharing group: one leader on the home network and its followers."""
+
+    name: str
+    leader: str
+    members: list[str] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _usable_group_name(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not slugify(value):
+            raise ValueError(f"{value!r} gives no usable topic id")
+        return value
+
+    @property
+    def group_id(self) -> str:
+        """The topic level of the group: a slug of its name."""
+        return slugify(self.name)
+
+    @model_validator(mode="after")
+    def _leader_is_member(self) -> Self:
+        if self.leader not in self.members:
+            raise ValueError(f"leader {self.leader!r} must be one of the members")
+        if len(set(self.members)) != len(self.members):
+            raise ValueError("a member is listed twice")
+        return self
+
+
 class LoggingConfig(_Strict):
     """Log verbosity."""
 
@@ -215,13 +257,41 @@ class BridgeConfig(_Strict):
     polling: PollingConfig = PollingConfig()
     logging: LoggingConfig = LoggingConfig()
     connectors: list[ConnectorConfig] = Field(default_factory=list)
+    groups: list[GroupConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _ids_unique_and_usable(self) -> Self:
         problems = connector_clashes([c.model_dump() for c in self.connectors])
+        problems.extend(self._group_problems())
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _group_problems(self) -> list[str]:
+        known = {cid for c in self.connectors if (cid := c.configured_id())}
+        problems: list[str] = []
+        member_of: dict[str, str] = {}
+        group_ids: set[str] = set()
+        for index, group in enumerate(self.groups):
+            if group.group_id in group_ids:
+                problems.append(f"groups[{index}]: another group is also named {group.name!r}")
+            group_ids.add(group.group_id)
+            for member in group.members:
+                if member not in known:
+                    problems.append(
+                        f"groups[{index}]: member {member!r} is not the id (or name slug) of a "
+                        "connector"
+                    )
+                elif member in member_of:
+                    problems.append(
+                        f"groups[{index}]: {member!r} is already in group {member_of[member]!r}"
+                    )
+                member_of.setdefault(member, group.name)
+        return problems
+
+    def group_of(self, connector_id: str | None) -> GroupConfig | None:
+        """The group a connector belongs to, if any."""
+        return next((g for g in self.groups if connector_id in g.members), None)
 
 
 def connector_clashes(connectors: list[Any]) -> list[str]:

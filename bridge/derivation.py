@@ -16,6 +16,7 @@ from bridge.derived import (
     LifetimeGuard,
     PhaseMode,
     PhaseTracker,
+    Role,
     SessionEnergy,
     clean_temperature,
     current_a,
@@ -25,6 +26,7 @@ from bridge.derived import (
     last_boot,
     max_power_w,
     power_w,
+    role,
     status,
 )
 from bridge.models import Lifetime, ParsedBody, Version, Vitals, WifiStatus
@@ -48,7 +50,10 @@ class UnitDerivation:
         phase_mode: PhaseMode = "auto",
         rated_current_a: float = DEFAULT_RATED_CURRENT_A,
         energy: SessionEnergy | None = None,
+        configured_role: Role = "standalone",
     ) -> None:
+        self.configured_role: Role = configured_role
+        self.role: Role = configured_role
         self.phase = PhaseTracker(phase_mode)
         self.rated_current_a = rated_current_a
         self.energy = energy or SessionEnergy()
@@ -70,7 +75,9 @@ class UnitDerivation:
         if isinstance(model, Version):
             return Derived(events=self.tracker.version(model.firmware_version))
         if isinstance(model, WifiStatus):
-            return Derived({"wifi_ssid": decode_ssid(model.wifi_ssid)})
+            ssid = decode_ssid(model.wifi_ssid)
+            self.role = role(self.configured_role, ssid, model.wifi_infra_ip)
+            return Derived({"wifi_ssid": ssid, "role": self.role})
         return Derived()  # pragma: no cover - every endpoint has a model
 
     def vitals(self, vitals: Vitals, now: float) -> Derived:
@@ -96,6 +103,7 @@ class UnitDerivation:
             "session_duration_s": vitals.session_s,
             "alerts": decode_alerts(vitals.current_alerts),
             "last_boot": last_boot(vitals.uptime_s, now),
+            "role": self.role,
         }
         for name in TEMPERATURE_FIELDS:
             values[name] = clean_temperature(getattr(vitals, name))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,6 +17,10 @@ from typing import Any, Final, Literal, TypeGuard
 from bridge.models import Vitals
 
 PhaseMode = Literal["auto", "three_phase", "split_phase", "single_phase"]
+Role = Literal["leader", "follower", "standalone"]
+# A follower joins its leader's own access point (twc3-api.md §9): SSID and address show it.
+LEADER_AP_SSID_PREFIX: Final = "TeslaWallConnector_"
+LEADER_AP_NETWORK: Final = ipaddress.ip_network("192.168.92.0/24")
 Wiring = Literal["three_phase", "split_phase", "single_phase"]
 Status = Literal["disconnected", "connected", "charging"]
 
@@ -157,6 +162,21 @@ def decode_alerts(alerts: list[int | str] | None) -> list[str]:
         else:
             decoded.append(str(alert))
     return decoded
+
+
+def joined_leader_ap(ssid: str | None, infra_ip: str | None) -> bool:
+    """Whether Wi-Fi status shows the unit joined to another Wall Connector's access point."""
+    if ssid is not None and ssid.startswith(LEADER_AP_SSID_PREFIX):
+        return True
+    try:
+        return infra_ip is not None and ipaddress.ip_address(infra_ip.strip()) in LEADER_AP_NETWORK
+    except ValueError:
+        return False
+
+
+def role(configured: Role, ssid: str | None, infra_ip: str | None) -> Role:
+    """Follower when the Wi-Fi status shows the leader's access point, else as configured."""
+    return "follower" if joined_leader_ap(ssid, infra_ip) else configured
 
 
 @dataclass

@@ -81,6 +81,15 @@ def object_id(text: str) -> str:
 NULL_UNAVAILABLE_TEMPLATE: Final = "{{ 'offline' if value == 'null' else 'online' }}"
 
 
+def entity_availability(
+    site: Site, unit_id: str, entity: Entity, state_topic: str
+) -> list[dict[str, str]]:
+    """The availability list of one entity, from its table row."""
+    if entity.always_available:
+        return [{"topic": site.bridge_state_topic}]
+    return availability(site, unit_id, state_topic if entity.null_means_unavailable else None)
+
+
 def availability(site: Site, unit_id: str, value_topic: str | None = None) -> list[dict[str, str]]:
     """Both the bridge and the unit must be online for an entity to be available.
 
@@ -180,9 +189,7 @@ def entity_configs(site: Site, info: UnitInfo, entities: list[Entity]) -> dict[s
             **entity_options(entity),
             **_entity_ids(entity, info),
             "state_topic": state_topic,
-            "availability": availability(
-                site, info.unit_id, state_topic if entity.null_means_unavailable else None
-            ),
+            "availability": entity_availability(site, info.unit_id, entity, state_topic),
             "availability_mode": "all",
             "qos": 1,
             "device": device,
@@ -209,8 +216,8 @@ def device_config(
             **_entity_ids(entity, info),
             "state_topic": state_topic,
         }
-        if entity.null_means_unavailable:
-            component["availability"] = availability(site, info.unit_id, state_topic)
+        if entity.null_means_unavailable or entity.always_available:
+            component["availability"] = entity_availability(site, info.unit_id, entity, state_topic)
         components[object_id(entity.key)] = component
     for component_id, platform in (removed or {}).items():
         components.setdefault(component_id, {"platform": platform})

@@ -37,6 +37,8 @@ class Entity:
     icon: str | None = None
     # The payload "null" means the value is unknown right now (a failed sensor): unavailable.
     null_means_unavailable: bool = False
+    # Available whenever the bridge runs, even while the unit itself is offline.
+    always_available: bool = False
 
     @property
     def key(self) -> str:
@@ -396,6 +398,33 @@ ENTITIES: Final[tuple[Entity, ...]] = (
     Entity("derived", "alerts", "Alerts", icon="mdi:alert-circle-outline"),
     _diagnostic_text("derived", "wifi_ssid", "Wi-Fi network"),
     Entity("derived", "last_boot", "Last boot", device_class="timestamp", category="diagnostic"),
+    Entity(
+        "derived",
+        "role",
+        "Power-sharing role",
+        device_class="enum",
+        options=("leader", "follower", "standalone"),
+        category="diagnostic",
+    ),
+    Entity(
+        "derived",
+        "reachability",
+        "Reachability",
+        device_class="enum",
+        options=(
+            "reachable",
+            "connection refused",
+            "timeout",
+            "no route",
+            "unexpected response",
+            "host name not found",
+            "connection failed",
+        ),
+        category="diagnostic",
+        # Shown even while the unit is offline: that is when it matters.
+        always_available=True,
+    ),
+    Entity("derived", "last_seen", "Last seen", device_class="timestamp", category="diagnostic"),
     _temperature("pcba_temp_c", "PCB temperature", endpoint="derived"),
     _temperature("handle_temp_c", "Handle temperature", diagnostic=False, endpoint="derived"),
     _temperature("mcu_temp_c", "MCU temperature", endpoint="derived"),

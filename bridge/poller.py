@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final, Protocol
 
 from bridge.backoff import Backoff
@@ -35,6 +36,16 @@ logger = logging.getLogger(__name__)
 MIN_REQUEST_GAP_S: Final = 1.0
 # Endpoints due at the same moment go in this order; version first so the serial is known early.
 _PRIORITY: Final[dict[Endpoint, int]] = {"version": 0, "vitals": 1, "lifetime": 2, "wifi_status": 3}
+
+
+def reachability(reason: str) -> str:
+    """The short reason a unit is unreachable, for ``derived/reachability``."""
+    for category in ("connection refused", "timeout", "no route", "unexpected response"):
+        if reason.startswith(category):
+            return category
+    if reason.startswith("host name not found"):
+        return "host name not found"
+    return "connection failed"
 
 
 class Fetcher(Protocol):
@@ -89,11 +100,14 @@ class ConnectorPoller:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         backoff: Backoff | None = None,
         on_update: Callable[[ConnectorPoller], None] | None = None,
+        serial_guard: Callable[[ConnectorPoller, str], bool] | None = None,
         derivation: UnitDerivation | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.label = label
         self._on_update = on_update
+        self._serial_guard = serial_guard
+        self.duplicate = False
         self.derivation = derivation or UnitDerivation()
         self._wall_clock = wall_clock
         self._rejections_logged = False
@@ -154,8 +168,8 @@ class ConnectorPoller:
         return endpoint, max(self._due[endpoint], self._not_before)
 
     async def run(self) -> None:
-        """Poll until cancelled."""
-        while True:
+        """Poll until cancelled, or until this entry turns out to duplicate another unit."""
+        while not self.duplicate:
             await self.poll_once()
 
     async def poll_once(self) -> None:
@@ -218,6 +232,9 @@ class ConnectorPoller:
             )
             if self._topics is not None:
                 self._outbox.put(self._topics.availability, "offline")
+        if status.online is False and self._topics is not None:
+            status.derived["reachability"] = reachability(reason)
+            self._outbox.put(self._topics.derived("reachability"), reachability(reason))
         self._publish_counters()
 
     def _succeeded(self, parsed: ParsedBody, started: float) -> None:
@@ -244,7 +261,8 @@ class ConnectorPoller:
         if status.online is not True:
             logger.info("unit %s online (%s answered)", self.label, endpoint)
             status.online = True
-        self._publish_success(parsed)
+        if not self.duplicate:
+            self._publish_success(parsed)
 
     def _publish_success(self, parsed: ParsedBody) -> None:
         status = self.status
@@ -254,6 +272,11 @@ class ConnectorPoller:
                 logger.info("unit %s: waiting for its serial number to name its topics", self.label)
             return
         self._outbox.put(self._topics.availability, "online")
+        seen = datetime.fromtimestamp(self._wall_clock(), tz=UTC).isoformat(timespec="seconds")
+        status.derived["reachability"] = "reachable"
+        status.derived["last_seen"] = seen.replace("+00:00", "Z")
+        self._outbox.put(self._topics.derived("reachability"), "reachable")
+        self._outbox.put(self._topics.derived("last_seen"), seen.replace("+00:00", "Z"))
         self._derive(parsed)
         for body in status.last_bodies.values() if self._newly_named() else (parsed,):
             skipped = publish_body(self._outbox, self._topics, body)
@@ -270,7 +293,9 @@ class ConnectorPoller:
             return
         now = self._wall_clock()
         derived = self.derivation.feed(parsed, now)
-        self.status.derived.update(derived.values)
+        # Remember values once seen, so an entity is announced when it has something to show
+        # and stays announced if the value is briefly unknown.
+        self.status.derived.update((k, v) for k, v in derived.values.items() if v is not None)
         publish_derived(self._outbox, self._topics, derived, now)
         guard = self.derivation.lifetime
         if guard.rejected and not self._rejections_logged:
@@ -291,6 +316,9 @@ class ConnectorPoller:
         return False
 
     def _learn_serial(self, serial: str) -> None:
+        if self._serial_guard is not None and not self._serial_guard(self, serial):
+            self.duplicate = True
+            return
         if self.status.serial is not None and serial != self.status.serial:
             logger.warning(
                 "unit %s: serial number changed from %s to %s (a different unit at this address?)",
