@@ -105,6 +105,13 @@ class Announcer:
             self._components[owner] = current
         self._publish(owner, configs)
 
+    def update_group(self, owner: str, configs: dict[str, dict[str, Any]]) -> None:
+        """Announce a power-sharing group's device (built by ``discovery.group_configs``)."""
+        if self.mode == "off" or self._signatures.get(owner) == "announced":
+            return
+        self._signatures[owner] = "announced"
+        self._publish(owner, configs)
+
     def _publish(self, owner: str, configs: dict[str, dict[str, Any]]) -> None:
         for topic, payload in configs.items():
             self._outbox.put(topic, encode(payload))

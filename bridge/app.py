@@ -10,17 +10,18 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from bridge.announce import Announcer, Reannouncer
-from bridge.config import BridgeConfig, ConnectorConfig
+from bridge.config import BridgeConfig, ConnectorConfig, GroupConfig
 from bridge.derivation import UnitDerivation
-from bridge.derived import SessionEnergy
-from bridge.discovery import Site, UnitInfo
+from bridge.derived import Role, SessionEnergy
+from bridge.discovery import Site, UnitInfo, group_configs
+from bridge.groups import MemberState, group_values
 from bridge.models import ENDPOINTS, Version, WifiStatus
 from bridge.mqtt import MqttLink
 from bridge.outbox import Outbox
 from bridge.poller import ConnectorPoller, IdRegistry
 from bridge.publishing import MAX_FIELDS_PER_BODY
 from bridge.statefile import StateFile
-from bridge.topics import field_level
+from bridge.topics import field_level, plain_payload
 from bridge.twc import TwcClient
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,9 @@ def connector_owner(connector: ConnectorConfig) -> str:
     return connector.configured_id() or connector.host
 
 
-def unit_info(poller: ConnectorPoller, connector: ConnectorConfig) -> UnitInfo | None:
+def unit_info(
+    poller: ConnectorPoller, connector: ConnectorConfig, via_device: str | None = None
+) -> UnitInfo | None:
     """What discovery needs about a polled unit, once its id and serial number are known."""
     status = poller.status
     if poller.topics is None or status.serial is None:
@@ -54,6 +57,7 @@ def unit_info(poller: ConnectorPoller, connector: ConnectorConfig) -> UnitInfo |
         firmware=version_model.firmware_version if version_model else None,
         mac=wifi_model.wifi_mac if wifi_model else None,
         configuration_url=connector.base_url + "/",
+        via_device=via_device,
     )
 
 
@@ -103,17 +107,28 @@ class Bridge:
             ha.discovery,
             self.outbox,
             self.state_file,
-            {connector_owner(c) for c in config.connectors},
+            {connector_owner(c) for c in config.connectors}
+            | {f"group:{g.group_id}" for g in config.groups},
         )
         self.reannouncer = Reannouncer(self.outbox, first_prefix=f"{ha.discovery_prefix}/")
         self._energy_restored: set[str] = set()
         self._energy_saved: dict[str, tuple[float, float]] = {}
         make_client = client_factory or self._default_client
         self.clients: list[TwcClient] = []
+        self.pollers_by_id: dict[str, ConnectorPoller] = {}
+        self._serial_owners: dict[str, str] = {}
         self.pollers: list[ConnectorPoller] = []
         for connector in config.connectors:
             polling = connector.polling(config.polling)
             client = make_client(connector)
+            group = config.group_of(connector.configured_id())
+            configured_role: Role = (
+                "standalone"
+                if group is None
+                else "leader"
+                if group.leader == connector.configured_id()
+                else "follower"
+            )
             self.clients.append(client)
             self.pollers.append(
                 ConnectorPoller(
@@ -125,9 +140,16 @@ class Bridge:
                     outbox=self.outbox,
                     registry=self.registry,
                     on_update=self._update_hook(connector),
-                    derivation=UnitDerivation(connector.phase_mode, connector.rated_current_a),
+                    serial_guard=self._serial_guard(connector),
+                    derivation=UnitDerivation(
+                        connector.phase_mode,
+                        connector.rated_current_a,
+                        configured_role=configured_role,
+                    ),
                 )
             )
+            if (cid := connector.configured_id()) is not None:
+                self.pollers_by_id[cid] = self.pollers[-1]
         discovery_on = ha.discovery != "off"
         self.link = MqttLink(
             config.mqtt,
@@ -141,16 +163,88 @@ class Bridge:
     def _update_hook(self, connector: ConnectorConfig) -> Callable[[ConnectorPoller], None]:
         owner = connector_owner(connector)
 
+        group = self.config.group_of(connector.configured_id())
+
         def update(poller: ConnectorPoller) -> None:
             self._keep_energy(poller)
+            if group is not None:
+                self._update_group(group.name)
             # Wait for one round of every endpoint so the first announce is already complete.
             if len(poller.attempted) < len(ENDPOINTS):
                 return
-            info = unit_info(poller, connector)
+            info = unit_info(poller, connector, self._leader_identifier(poller, group))
             if info is not None:
                 self.announcer.update_unit(owner, info, announced_fields(poller))
 
         return update
+
+    def _leader_identifier(self, poller: ConnectorPoller, group: GroupConfig | None) -> str | None:
+        """A follower's device hangs off its leader's device, once the leader's serial is known."""
+        if group is None or poller.derivation.role != "follower":
+            return None
+        leader = self.pollers_by_id.get(group.leader)
+        if leader is None or leader is poller or leader.status.serial is None:
+            return None
+        return UnitInfo(unit_id=group.leader, serial=leader.status.serial).identifier
+
+    def _update_group(self, name: str) -> None:
+        group = next(g for g in self.config.groups if g.name == name)
+        members: dict[str, MemberState | None] = {}
+        for member in group.members:
+            poller = self.pollers_by_id.get(member)
+            if poller is None or poller.status.online is None:
+                members[member] = None
+                continue
+            derived = poller.status.derived
+            members[member] = MemberState(
+                online=bool(poller.status.online),
+                power_w=float(derived.get("power_w", 0.0)),  # type: ignore[arg-type]
+                current_a=float(derived.get("current_a", 0.0)),  # type: ignore[arg-type]
+                charging=derived.get("charging") is True,
+            )
+        base = f"{self.config.mqtt.base_topic}/group/{group.group_id}"
+        for key, value in group_values(group.leader, members).items():
+            payload = plain_payload(value)
+            if payload is not None:
+                self.outbox.put(f"{base}/{key}", payload)
+        self.announcer.update_group(
+            f"group:{group.group_id}",
+            group_configs(
+                self.site, group.group_id, group.name, self.config.homeassistant.discovery
+            ),
+        )
+
+    def _serial_guard(self, connector: ConnectorConfig) -> Callable[[ConnectorPoller, str], bool]:
+        def check(poller: ConnectorPoller, serial: str) -> bool:
+            owner = self._serial_owners.setdefault(serial, poller.label)
+            if owner != poller.label:
+                logger.error(
+                    "units %s and %s are the same Wall Connector (serial %s); publishing it only "
+                    "as %s: remove one of the two entries",
+                    owner,
+                    poller.label,
+                    serial,
+                    owner,
+                )
+                return False
+            addresses = self.state_file.load().get("addresses", {})
+            if not isinstance(addresses, dict):
+                addresses = {}
+            previous = addresses.get(serial)
+            if previous is not None and previous != connector.host:
+                logger.info(
+                    "Wall Connector %s now answers at %s (was %s); same device and topics",
+                    serial,
+                    connector.host,
+                    previous,
+                )
+            if previous != connector.host:
+                data = self.state_file.load()
+                data["addresses"] = {**addresses, serial: connector.host}
+                self.state_file.save(data)
+            return True
+
+        return check
 
     def _keep_energy(self, poller: ConnectorPoller) -> None:
         """Restore a unit's energy total once its serial is known; save it now and then."""
@@ -201,6 +295,7 @@ class Bridge:
             connector.base_url,
             connect_timeout_s=polling.connect_timeout_s,
             read_timeout_s=polling.read_timeout_s,
+            source_address=connector.source_address,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -243,6 +338,8 @@ async def _supervised(label: str, run: Callable[[], Awaitable[None]]) -> None:
                 "unit %s: poller crashed; restarting it in %.0f s", label, POLLER_RESTART_DELAY_S
             )
             await asyncio.sleep(POLLER_RESTART_DELAY_S)
+        else:
+            return  # a poller ends on its own only when its entry duplicates another unit
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

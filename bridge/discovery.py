@@ -266,3 +266,82 @@ def bridge_configs(site: Site, mode: DiscoveryMode) -> dict[str, dict[str, Any]]
 def encode(payload: dict[str, Any]) -> str:
     """Serialise a payload compactly and deterministically (so unchanged means equal text)."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, sort_keys=False)
+
+
+GROUP_ENTITIES: Final[tuple[tuple[str, dict[str, Any]], ...]] = (
+    (
+        "power_w",
+        {
+            "name": "Power",
+            "device_class": "power",
+            "unit_of_measurement": "W",
+            "state_class": "measurement",
+            "suggested_display_precision": 0,
+        },
+    ),
+    (
+        "current_a",
+        {
+            "name": "Current",
+            "device_class": "current",
+            "unit_of_measurement": "A",
+            "state_class": "measurement",
+            "suggested_display_precision": 1,
+        },
+    ),
+    (
+        "members_online",
+        {"name": "Members online", "state_class": "measurement", "icon": "mdi:ev-station"},
+    ),
+    (
+        "members_configured",
+        {"name": "Members configured", "entity_category": "diagnostic", "icon": "mdi:ev-station"},
+    ),
+    (
+        "members_charging",
+        {"name": "Members charging", "state_class": "measurement", "icon": "mdi:ev-plug-type2"},
+    ),
+)
+
+
+def group_configs(
+    site: Site, group_id: str, name: str, mode: DiscoveryMode
+) -> dict[str, dict[str, Any]]:
+    """The device and entities of one power-sharing group (``twc3/group/<id>/…``)."""
+    identifier = f"twc3_group_{group_id}"
+    device = {
+        "identifiers": [identifier],
+        "name": f"Power-sharing group {name}",
+        "manufacturer": "twc3-mqtt-bridge",
+        "model": "Wall Connector power-sharing group",
+        "via_device": site.bridge_identifier,
+    }
+    components: dict[str, dict[str, Any]] = {}
+    for field, options in GROUP_ENTITIES:
+        components[field] = {
+            **options,
+            "unique_id": f"{identifier}_{field}",
+            "default_entity_id": f"sensor.{identifier}_{field}",
+            "state_topic": f"{site.base_topic}/group/{group_id}/{field}",
+        }
+    bridge_only = [{"topic": site.bridge_state_topic}]
+    if mode == "device":
+        return {
+            f"{site.prefix}/device/{identifier}/config": {
+                "device": device,
+                "origin": ORIGIN,
+                "availability": bridge_only,
+                "qos": 1,
+                "components": {k: {"platform": "sensor", **v} for k, v in components.items()},
+            }
+        }
+    return {
+        f"{site.prefix}/sensor/{identifier}/{field}/config": {
+            **component,
+            "availability": bridge_only,
+            "qos": 1,
+            "device": device,
+            "origin": ORIGIN,
+        }
+        for field, component in components.items()
+    }
