@@ -56,6 +56,7 @@ VITALS_KEYS = {
     "session_duration_s",
     "alerts",
     "last_boot",
+    "role",
     *TEMPERATURE_FIELDS,
 }
 LIFETIME: dict[str, Any] = {
@@ -97,6 +98,7 @@ def test_vitals_values_have_the_documented_keys() -> None:
         "session_duration_s": 600,
         "alerts": ["handle_temperature_derate"],
         "last_boot": "2025-12-23T19:00:00Z",
+        "role": "standalone",
         "pcba_temp_c": 41.5,
         "handle_temp_c": None,
         "mcu_temp_c": 38.0,
@@ -201,7 +203,7 @@ def test_wifi_status_gives_decoded_ssid(ssid: str | None, expected: str | None) 
     """wifi_status publishes the SSID decoded from base64 (raw when it is not base64)."""
     body = {"wifi_ssid": ssid, "wifi_signal_strength": 60, "wifi_connected": True}
     derived = UnitDerivation().feed(_parsed("wifi_status", body), NOW)
-    assert derived.values == {"wifi_ssid": expected}
+    assert derived.values == {"wifi_ssid": expected, "role": "standalone"}
     assert derived.events == []
 
 
