@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
-from bridge.config import ConfigError, load_config
+from bridge.app import Bridge
+from bridge.config import BridgeConfig, ConfigError, load_config
 from bridge.derived import joined_leader_ap, role
 from bridge.groups import MemberState, group_values
+from bridge.poller import ConnectorPoller, reachability
+from bridge.twc import TwcClient
 
 
 @pytest.mark.parametrize(
@@ -110,3 +118,68 @@ def test_source_address_must_be_an_ip(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert caught.value.problems[0].startswith("connectors[0].source_address:")
+
+
+@pytest.mark.parametrize(
+    ("reason", "category"),
+    [
+        ("connection refused", "connection refused"),
+        ("timeout", "timeout"),
+        ("no route", "no route"),
+        ("unexpected response: HTTP 500", "unexpected response"),
+        ("unexpected response: unparsable body", "unexpected response"),
+        ("host name not found", "host name not found"),
+        ("connection dropped (ReadError)", "connection failed"),
+    ],
+)
+def test_reachability_reasons(reason: str, category: str) -> None:
+    """Failure reasons map to the short reachability categories."""
+    assert reachability(reason) == category
+
+
+async def test_source_address_binds_the_unit_client() -> None:
+    """A connector's source_address is the local address its requests come from."""
+    peers: list[str] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer.get_extra_info("peername")[0])
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(answer, "127.0.0.2", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = TwcClient(f"http://127.0.0.2:{port}", source_address="127.0.0.3")
+    try:
+        async with asyncio.timeout(10):
+            assert await client.fetch("version") == b"{}"
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+    assert peers == ["127.0.0.3"]
+
+
+def test_unit_answering_at_a_new_address_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same serial at another host is one log line, and the new host is remembered."""
+
+    def guard_for(host: str) -> Callable[[ConnectorPoller, str], bool]:
+        config = BridgeConfig.model_validate(
+            {"bridge": {"data_dir": str(tmp_path)}, "connectors": [{"host": host, "id": "garage"}]}
+        )
+        bridge = Bridge(config)
+        return bridge._serial_guard(config.connectors[0])
+
+    caplog.set_level(logging.INFO)
+    poller = cast("ConnectorPoller", SimpleNamespace(label="garage"))
+    assert guard_for("192.0.2.10")(poller, "SER123")
+    assert guard_for("192.0.2.10")(poller, "SER123")
+    assert guard_for("192.0.2.99")(poller, "SER123")
+    moved = [r.getMessage() for r in caplog.records if "now answers at" in r.getMessage()]
+    assert moved == [
+        "Wall Connector SER123 now answers at 192.0.2.99 (was 192.0.2.10); same device and topics"
+    ]
