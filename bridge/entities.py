@@ -51,15 +51,22 @@ class Entity:
         return self.field
 
 
-def _voltage(
-    endpoint: str, field: str, name: str, *, diagnostic: bool = True, enabled: bool = True
+def _electrical(
+    device_class: str,
+    unit: str,
+    endpoint: str,
+    field: str,
+    name: str,
+    *,
+    diagnostic: bool,
+    enabled: bool,
 ) -> Entity:
     return Entity(
         endpoint,
         field,
         name,
-        device_class="voltage",
-        unit="V",
+        device_class=device_class,
+        unit=unit,
         state_class="measurement",
         precision=1,
         category="diagnostic" if diagnostic else None,
@@ -67,19 +74,19 @@ def _voltage(
     )
 
 
+def _voltage(
+    endpoint: str, field: str, name: str, *, diagnostic: bool = True, enabled: bool = True
+) -> Entity:
+    return _electrical(
+        "voltage", "V", endpoint, field, name, diagnostic=diagnostic, enabled=enabled
+    )
+
+
 def _current(
     endpoint: str, field: str, name: str, *, diagnostic: bool = True, enabled: bool = True
 ) -> Entity:
-    return Entity(
-        endpoint,
-        field,
-        name,
-        device_class="current",
-        unit="A",
-        state_class="measurement",
-        precision=1,
-        category="diagnostic" if diagnostic else None,
-        enabled=enabled,
+    return _electrical(
+        "current", "A", endpoint, field, name, diagnostic=diagnostic, enabled=enabled
     )
 
 
