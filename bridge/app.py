@@ -30,6 +30,8 @@ POLLER_RESTART_DELAY_S: Final = 30.0
 
 
 STATE_FILE_NAME: Final = "state.json"
+HEARTBEAT_FILE_NAME: Final = "heartbeat"
+HEARTBEAT_INTERVAL_S: Final = 10.0
 ENERGY_SAVE_INTERVAL_S: Final = 60.0  # bounded writes: SD cards on a Raspberry Pi wear out
 
 
@@ -289,6 +291,32 @@ class Bridge:
         if topic == self.site.status_topic and payload.strip() == b"online":
             self.reannouncer.request()
 
+    async def _heartbeat(self) -> None:
+        """Touch the heartbeat file while units are being polled and published.
+
+        ``twc3-bridge healthcheck`` (the Docker HEALTHCHECK) fails when it grows old: a stuck
+        bridge, no broker, or no unit answering all show up there.
+        """
+        path = self.config.bridge.data_dir / HEARTBEAT_FILE_NAME
+        warned = False
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+            delivered = self.link.last_delivery
+            polled = any(p.status.online for p in self.pollers)
+            if (
+                delivered is None
+                or not polled
+                or time.monotonic() - delivered > HEARTBEAT_INTERVAL_S * 3
+            ):
+                continue
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(f"{time.time():.0f}\n", encoding="ascii")
+            except OSError as error:
+                if not warned:
+                    warned = True
+                    logger.warning("cannot write heartbeat %s (%s)", path, error.strerror or error)
+
     def _default_client(self, connector: ConnectorConfig) -> TwcClient:
         polling = connector.polling(self.config.polling)
         return TwcClient(
@@ -312,6 +340,7 @@ class Bridge:
             async with asyncio.TaskGroup() as group:
                 link_task = group.create_task(self.link.run(stop), name="mqtt-link")
                 reannounce_task = group.create_task(self.reannouncer.run(), name="reannounce")
+                heartbeat_task = group.create_task(self._heartbeat(), name="heartbeat")
                 poller_tasks = [
                     group.create_task(_supervised(p.label, p.run), name=f"poll {p.label}")
                     for p in self.pollers
@@ -320,6 +349,7 @@ class Bridge:
                 for task in poller_tasks:
                     task.cancel()
                 reannounce_task.cancel()
+                heartbeat_task.cancel()
                 await link_task
         finally:
             self.save_energy()

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -81,6 +82,29 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when the running bridge completed a poll-and-publish cycle recently."""
+    config = _load(args)
+    if config is None:
+        return EXIT_USAGE
+    from bridge.app import HEARTBEAT_FILE_NAME  # noqa: PLC0415 - keeps the check light
+
+    path = config.bridge.data_dir / HEARTBEAT_FILE_NAME
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        print(f"unhealthy: no heartbeat at {path} yet", file=sys.stderr)
+        return EXIT_FAILURE
+    if age > args.max_age:
+        print(
+            f"unhealthy: last poll-and-publish {age:.0f} s ago (limit {args.max_age:.0f} s)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    print(f"healthy: last poll-and-publish {age:.0f} s ago")
+    return EXIT_OK
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     """Read a unit's four endpoints once and show them."""
     try:
@@ -130,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file without running")
     check.add_argument("--config", help=f"TOML configuration file (or ${CONFIG_ENV})")
     check.set_defaults(handler=cmd_check_config)
+
+    health = sub.add_parser(
+        "healthcheck", help="exit 0 if the running bridge polled and published recently"
+    )
+    health.add_argument("--config", help=f"TOML configuration file (or ${CONFIG_ENV})")
+    health.add_argument("--max-age", type=float, default=120.0, help="seconds (default 120)")
+    health.set_defaults(handler=cmd_healthcheck)
 
     probe = sub.add_parser("probe", help="read one unit once and show what would be published")
     probe.add_argument("host", metavar="HOST[:PORT]")

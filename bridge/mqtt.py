@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -77,6 +78,8 @@ class MqttLink:
         )
         self.connected = asyncio.Event()
         self.connections = 0
+        # Monotonic time of the last batch that reached the broker (for the health check).
+        self.last_delivery: float | None = None
 
     def _client(self) -> aiomqtt.Client:
         config = self.config
@@ -173,9 +176,12 @@ class MqttLink:
 
     async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         while True:
-            for message in self.outbox.pending():
+            batch = self.outbox.pending()
+            for message in batch:
                 await self._publish(client, message)
                 self.outbox.mark_sent(message)
+            if batch:
+                self.last_delivery = time.monotonic()
             wait_outbox = asyncio.ensure_future(self.outbox.wait())
             wait_stop = asyncio.ensure_future(stop.wait())
             try:
