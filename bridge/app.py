@@ -15,8 +15,9 @@ from bridge.derivation import UnitDerivation
 from bridge.derived import Role, SessionEnergy
 from bridge.discovery import Site, UnitInfo, group_configs
 from bridge.groups import MemberState, group_values
+from bridge.homie import HomiePublisher, unit_values
 from bridge.models import ENDPOINTS, Version, WifiStatus
-from bridge.mqtt import MqttLink
+from bridge.mqtt import MqttLink, WillKeeper
 from bridge.outbox import Outbox
 from bridge.poller import ConnectorPoller, IdRegistry
 from bridge.publishing import MAX_FIELDS_PER_BODY
@@ -153,6 +154,18 @@ class Bridge:
             if (cid := connector.configured_id()) is not None:
                 self.pollers_by_id[cid] = self.pollers[-1]
         discovery_on = ha.discovery != "off"
+        self.homie: HomiePublisher | None = None
+        self.homie_will: WillKeeper | None = None
+        if config.homie.enabled:
+            self.homie = HomiePublisher(
+                self.outbox, config.homie.base_topic, config.homie.device_id, config.homie.name
+            )
+            self.homie_will = WillKeeper(
+                config.mqtt,
+                topic=self.homie.state_topic,
+                payload="lost",
+                on_connect=self.homie.restore_state,
+            )
         self.link = MqttLink(
             config.mqtt,
             self.outbox,
@@ -160,6 +173,7 @@ class Bridge:
             subscriptions=(self.site.status_topic,) if discovery_on else (),
             on_message=self._on_message,
             republish_first=f"{ha.discovery_prefix}/",
+            shutdown_messages=tuple(self.homie.shutdown_messages()) if self.homie else (),
         )
 
     def _update_hook(self, connector: ConnectorConfig) -> Callable[[ConnectorPoller], None]:
@@ -177,8 +191,18 @@ class Bridge:
             info = unit_info(poller, connector, self._leader_identifier(poller, group))
             if info is not None:
                 self.announcer.update_unit(owner, info, announced_fields(poller))
+            if self.homie is not None and poller.topics is not None:
+                self._update_homie(poller, connector)
 
         return update
+
+    def _update_homie(self, poller: ConnectorPoller, connector: ConnectorConfig) -> None:
+        """Announce the unit's Homie node once, then publish its changed values."""
+        if self.homie is None or poller.topics is None:
+            return
+        bodies = {str(name): body.fields for name, body in poller.status.last_bodies.items()}
+        values = unit_values(bodies, poller.status.derived)
+        self.homie.update_unit(poller.topics.unit_id, connector.name, values)
 
     def _leader_identifier(self, poller: ConnectorPoller, group: GroupConfig | None) -> str | None:
         """A follower's device hangs off its leader's device, once the leader's serial is known."""
@@ -336,9 +360,13 @@ class Bridge:
             self.config.mqtt.base_topic,
         )
         self.announcer.start()
+        if self.homie is not None:
+            self.homie.start()
         try:
             async with asyncio.TaskGroup() as group:
                 link_task = group.create_task(self.link.run(stop), name="mqtt-link")
+                if self.homie_will is not None:
+                    group.create_task(self.homie_will.run(stop), name="homie-will")
                 reannounce_task = group.create_task(self.reannouncer.run(), name="reannounce")
                 heartbeat_task = group.create_task(self._heartbeat(), name="heartbeat")
                 poller_tasks = [

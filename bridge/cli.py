@@ -136,6 +136,60 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
+def _port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:  # noqa: PLR2004
+        raise argparse.ArgumentTypeError(f"{port} is not within 1-65535")
+    return port
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.1 <= value <= 3600:  # noqa: PLR2004
+        raise argparse.ArgumentTypeError(f"{value} is not within 0.1-3600 seconds")
+    return value
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Show every connector's availability, status and power as a live table."""
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from bridge.config import MqttConfig  # noqa: PLC0415
+    from bridge.topics import validate_base_topic  # noqa: PLC0415
+
+    if args.host is not None or args.port is not None:
+        if args.config:
+            print("error: give either --config or --host/--port, not both", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            mqtt = MqttConfig(host=args.host or "localhost", port=args.port or 1883)
+        except ValidationError as error:
+            print(f"error: invalid broker address: {error.errors()[0]['msg']}", file=sys.stderr)
+            return EXIT_USAGE
+    elif _config_path(args) is not None:
+        config = _load(args)
+        if config is None:
+            return EXIT_USAGE
+        mqtt = config.mqtt
+    else:
+        mqtt = MqttConfig()
+    if args.base_topic is not None:
+        problem = validate_base_topic(args.base_topic)
+        if problem:
+            print(f"error: --base-topic {args.base_topic!r}: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+        mqtt = mqtt.model_copy(update={"base_topic": args.base_topic})
+    from bridge.watch import run_watch  # noqa: PLC0415 - imports aiomqtt only when needed
+
+    return run_watch(mqtt, once=args.once, interval_s=args.interval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -180,6 +234,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, default=32, help="addresses probed at once (1-256)"
     )
     scan.set_defaults(handler=cmd_scan)
+
+    watch = sub.add_parser(
+        "watch", help="show every connector's availability, status and power from the broker"
+    )
+    watch.add_argument(
+        "--config",
+        help=f"TOML configuration file whose [mqtt] section to use (or ${CONFIG_ENV})",
+    )
+    watch.add_argument("--host", help="broker host, instead of --config (default localhost)")
+    watch.add_argument(
+        "--port", type=_port_number, help="broker port, instead of --config (default 1883)"
+    )
+    watch.add_argument("--base-topic", help="base topic (default: the configuration's, or twc3)")
+    watch.add_argument(
+        "--once", action="store_true", help="print one table once the retained values are in"
+    )
+    watch.add_argument(
+        "--interval",
+        type=_positive_seconds,
+        default=1.0,
+        help="seconds between refreshes (default 1)",
+    )
+    watch.set_defaults(handler=cmd_watch)
 
     simulate = sub.add_parser("simulate", help="run simulated Wall Connectors on loopback ports")
     from bridge.simulator import add_simulate_arguments  # noqa: PLC0415 - optional module

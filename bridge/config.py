@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self
@@ -201,6 +202,43 @@ class HomeAssistantConfig(_Strict):
         return value
 
 
+class HomieConfig(_Strict):
+    """Homie 4 publishing (openHAB's Homie binding discovers it): off unless enabled."""
+
+    enabled: bool = False
+    base_topic: str = "homie"
+    device_id: str = "twc3-bridge"
+    name: str = "Tesla Wall Connector bridge"
+
+    @field_validator("base_topic")
+    @classmethod
+    def _one_level(cls, value: str) -> str:
+        problem = validate_base_topic(value)
+        if problem:
+            raise ValueError(problem)
+        if "/" in value:
+            # openHAB discovers Homie devices by subscribing to +/+/$homie.
+            raise ValueError("must be one topic level (openHAB looks for +/+/$homie)")
+        return value
+
+    @field_validator("device_id")
+    @classmethod
+    def _homie_id(cls, value: str) -> str:
+        if re.fullmatch(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?", value) is None:
+            raise ValueError(
+                "may contain only a-z, 0-9 and '-', and must not start or end with '-'"
+            )
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_empty(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+
 def default_data_dir() -> Path:
     """The default state folder: ``$XDG_STATE_HOME/twc3-bridge`` or ``~/.local/state/…``."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -254,6 +292,7 @@ class BridgeConfig(_Strict):
     bridge: BridgeSection = Field(default_factory=BridgeSection)
     mqtt: MqttConfig = MqttConfig()
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+    homie: HomieConfig = HomieConfig()
     polling: PollingConfig = PollingConfig()
     logging: LoggingConfig = LoggingConfig()
     connectors: list[ConnectorConfig] = Field(default_factory=list)

@@ -10,8 +10,8 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
-from typing import Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Final, NamedTuple
 
 import aiomqtt
 
@@ -65,10 +65,13 @@ class MqttLink:
         on_connect: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
         republish_first: str | None = None,
+        shutdown_messages: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.config = config
         self.outbox = outbox
         self.state_topic = state_topic
+        # Retained (topic, payload) pairs published on a clean exit, before ``offline``.
+        self.shutdown_messages = shutdown_messages
         self.subscriptions = subscriptions
         self._republish_first = republish_first
         self._on_message = on_message
@@ -207,9 +210,165 @@ class MqttLink:
         self.outbox.put(self.state_topic, OFFLINE, always=True)
         try:
             async with asyncio.timeout(SHUTDOWN_PUBLISH_TIMEOUT_S):
+                for topic, payload in self.shutdown_messages:
+                    self.outbox.put(topic, payload, always=True)
+                    await client.publish(topic, payload, qos=1, retain=True)
                 await client.publish(self.state_topic, OFFLINE, qos=1, retain=True)
         except (aiomqtt.MqttError, TimeoutError) as error:
             reason = describe_mqtt_error(error)
             logger.warning("MQTT: could not publish offline on shutdown: %s", reason)
         else:
             logger.info("MQTT: published %s=offline; disconnecting", self.state_topic)
+
+
+class MqttUnavailableError(Exception):
+    """The broker cannot be reached, refused us, or the connection dropped (one-line message)."""
+
+
+class ReceivedMessage(NamedTuple):
+    """One message a :class:`Subscription` received."""
+
+    topic: str
+    payload: bytes
+    retained: bool
+
+
+class Subscription:
+    """Messages of a read-only client, one at a time; safe to wrap in ``asyncio.timeout``."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._client = client
+
+    async def next(self) -> ReceivedMessage:
+        """The next message; raises :class:`MqttUnavailableError` when the connection drops."""
+        try:
+            message = await anext(aiter(self._client.messages))
+        except aiomqtt.MqttError as error:
+            raise MqttUnavailableError(describe_mqtt_error(error)) from None
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        return ReceivedMessage(str(message.topic), payload, bool(message.retain))
+
+
+@contextlib.asynccontextmanager
+async def subscribe(
+    config: MqttConfig,
+    patterns: Sequence[str],
+    *,
+    identifier: str,
+    connect_timeout_s: float = 5.0,
+) -> AsyncIterator[Subscription]:
+    """Connect with ``config``'s broker, credentials and TLS (no Will), subscribe to ``patterns``.
+
+    ``identifier`` must differ from the bridge's ``client_id``, or the broker would disconnect the
+    bridge. Connection problems raise :class:`MqttUnavailableError` with a one-line reason.
+    """
+    password = config.password.get_secret_value() if config.password else None
+    try:
+        tls_context = _tls_context(config)
+    except (ssl.SSLError, OSError, ValueError) as error:
+        raise MqttUnavailableError(f"cannot set up TLS: {describe_mqtt_error(error)}") from None
+    client = aiomqtt.Client(
+        config.host,
+        config.port,
+        username=config.username,
+        password=password,
+        identifier=identifier,
+        keepalive=config.keepalive_s,
+        tls_context=tls_context,
+        tls_insecure=bool(config.tls and config.tls.insecure) if tls_context else None,
+        timeout=connect_timeout_s,
+    )
+    try:
+        async with client:
+            for pattern in patterns:
+                await client.subscribe(pattern, qos=1)
+            yield Subscription(client)
+    except aiomqtt.MqttError as error:
+        raise MqttUnavailableError(describe_mqtt_error(error)) from None
+
+
+class WillKeeper:
+    """A second, idle broker connection whose only job is one more Will.
+
+    A connection carries one Will, and the main one's is ``<base>/bridge/state`` = ``offline``.
+    Homie wants ``$state`` = ``lost`` when the bridge dies, so this connection (client id
+    ``<client_id>-will``) holds that Will. It publishes nothing itself: after a reconnect it calls
+    ``on_connect`` (the bridge re-puts the current ``$state``, which the Will may have replaced).
+    A clean exit disconnects it normally, which discards its Will.
+    """
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        *,
+        topic: str,
+        payload: str,
+        on_connect: Callable[[], None] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.config = config
+        self.topic = topic
+        self.payload = payload
+        self.identifier = f"{config.client_id}-will"
+        self._on_connect = on_connect
+        self._backoff = backoff or Backoff(
+            initial=min(1.0, config.reconnect_max_s), maximum=config.reconnect_max_s
+        )
+        self.connected = asyncio.Event()
+
+    def _client(self) -> aiomqtt.Client:
+        config = self.config
+        password = config.password.get_secret_value() if config.password else None
+        tls_context = _tls_context(config)
+        return aiomqtt.Client(
+            config.host,
+            config.port,
+            username=config.username,
+            password=password,
+            identifier=self.identifier,
+            keepalive=config.keepalive_s,
+            will=aiomqtt.Will(self.topic, self.payload, qos=1, retain=True),
+            tls_context=tls_context,
+            tls_insecure=bool(config.tls and config.tls.insecure) if tls_context else None,
+            timeout=PUBLISH_TIMEOUT_S,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Hold the connection until ``stop`` is set; reconnect with backoff when it drops."""
+        while not stop.is_set():
+            try:
+                async with self._client() as client:
+                    self._backoff.reset()
+                    self.connected.set()
+                    if self._on_connect is not None:
+                        self._on_connect()
+                    if await self._until_stop_or_drop(client, stop):
+                        return  # leaving ``async with`` disconnects cleanly: no Will
+            except* aiomqtt.MqttError as group:
+                reason = describe_mqtt_error(group.exceptions[0])
+            except* (OSError, ssl.SSLError, ValueError) as group:
+                reason = describe_mqtt_error(group.exceptions[0])
+            self.connected.clear()
+            delay = self._backoff.next_delay()
+            logger.debug("MQTT: Will connection down (%s); next try in %.1f s", reason, delay)
+            await MqttLink._wait(stop, delay)  # noqa: SLF001 - the same wait, one module
+
+    @staticmethod
+    async def _until_stop_or_drop(client: aiomqtt.Client, stop: asyncio.Event) -> bool:
+        async def drained() -> None:
+            # Iterating notices a dropped connection: aiomqtt raises MqttError here.
+            async for _ in client.messages:
+                pass
+
+        listen = asyncio.ensure_future(drained())
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({listen, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            listen.cancel()
+            stopped.cancel()
+        if stop.is_set():
+            return True
+        if listen.done() and not listen.cancelled() and listen.exception() is not None:
+            raise listen.exception()  # type: ignore[misc]
+        return False
