@@ -190,6 +190,32 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return run_watch(mqtt, once=args.once, interval_s=args.interval)
 
 
+def _broker_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host, _port_number(port)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure the bridge against simulated units and a bare baseline."""
+    from bridge.bench import bench_main  # noqa: PLC0415 - the benchmark is optional
+
+    if not 1 <= args.units <= 1000 or not 1 <= args.seconds <= 3600:  # noqa: PLR2004
+        print("error: --units takes 1-1000 and --seconds 1-3600", file=sys.stderr)
+        return EXIT_USAGE
+    host, port = args.broker
+    return bench_main(
+        units=args.units,
+        seconds=args.seconds,
+        host=host,
+        port=port,
+        interval=args.interval,
+        json_path=Path(args.json) if args.json else None,
+        discovery=args.discovery,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -263,6 +289,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_simulate_arguments(simulate)
     simulate.set_defaults(handler=cmd_simulate)
+
+    bench = sub.add_parser(
+        "bench", help="measure polls/s, CPU, memory and delay against simulated units"
+    )
+    bench.add_argument("--units", type=int, default=10, help="simulated units, 1-1000")
+    bench.add_argument("--seconds", type=float, default=20.0, help="measured window (default 20)")
+    bench.add_argument("--broker", type=_broker_address, required=True, metavar="HOST:PORT")
+    bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    bench.add_argument(
+        "--interval", type=_positive_seconds, default=1.0, help="vitals interval (default 1)"
+    )
+    bench.add_argument(
+        "--discovery",
+        choices=["entity", "device", "off"],
+        default="entity",
+        help="Home Assistant discovery mode of the measured bridge (default entity)",
+    )
+    bench.set_defaults(handler=cmd_bench)
     return parser
 
 

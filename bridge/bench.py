@@ -1,0 +1,457 @@
+"""``twc3-bridge bench``: how many units one bridge process carries, and at what cost.
+
+Three processes, so that the CPU and memory measured are the bridge's alone:
+
+* a **simulator** child serves N :class:`~bridge.simulator.SimulatedUnit` on free loopback ports;
+* a **subscriber** child listens to ``<base>/+/vitals/uptime_s`` and timestamps every arrival;
+* this process runs the real :class:`~bridge.app.Bridge` (then a bare baseline) and measures
+  ``time.process_time()`` and ``ru_maxrss`` of itself.
+
+Change-to-message delay: a simulated unit's ``uptime_s`` is ``int(now - booted_at)`` on its
+monotonic clock, so the value U first appears at ``origin + booted_at + U`` (CLOCK_MONOTONIC is
+shared by all processes on Linux). The delay of a message carrying U is its arrival time at the
+subscriber minus that moment: it includes the wait until the next poll (0-1 interval), the
+HTTP request, the bridge's processing, the broker and the subscriber.
+
+The baseline does the minimum with the same libraries: per unit one :class:`~bridge.twc.TwcClient`
+GETs ``/api/1/vitals`` every interval, ``json.loads`` the body and puts it, once, into an
+:class:`~bridge.outbox.Outbox` that an :class:`~bridge.mqtt.MqttLink` publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from bridge.app import Bridge
+from bridge.config import (
+    BridgeConfig,
+    BridgeSection,
+    ConnectorConfig,
+    HomeAssistantConfig,
+    MqttConfig,
+    PollingConfig,
+)
+from bridge.models import ENDPOINTS, Endpoint
+from bridge.mqtt import MqttLink, MqttUnavailableError, subscribe
+from bridge.outbox import Message, Outbox
+from bridge.twc import TwcClient, TwcError
+
+LONG_INTERVAL_S: Final = 3600.0
+CHILD_START_TIMEOUT_S: Final = 120.0
+BASE_TOPIC: Final = "twc3"
+SUBSCRIBER_ID: Final = "twc3-bench-subscriber"
+
+
+# ---- child processes -------------------------------------------------------------------------
+
+
+def _wait_readable(conn: multiprocessing.connection.Connection) -> asyncio.Event:
+    """An event set as soon as the parent writes to ``conn`` (its stop request)."""
+    loop = asyncio.get_running_loop()
+    event = asyncio.Event()
+    loop.add_reader(conn.fileno(), event.set)
+    return event
+
+
+async def _simulator_main(conn: multiprocessing.connection.Connection, units: int) -> None:
+    from bridge.simulator import (  # noqa: PLC0415 - only the child needs the simulator
+        WIRINGS,
+        Scenario,
+        SimulatedUnit,
+        UnitServer,
+        simulated_serial,
+    )
+
+    servers: list[UnitServer] = []
+    ticks: list[tuple[str, float]] = []
+    for index in range(1, units + 1):
+        unit = SimulatedUnit(
+            simulated_serial(index),
+            wiring=WIRINGS[(index - 1) % len(WIRINGS)],
+            seed=index,
+            scenario=Scenario(first_idle_s=30.0 * index / units),
+        )
+        server = UnitServer(unit)
+        await server.start()
+        servers.append(server)
+        # The monotonic moment uptime_s was 0 (speed 1): uptime U first shows at tick + U.
+        tick = unit._clock_origin + unit._booted_at  # noqa: SLF001 - the bench reads the clock
+        ticks.append((server.url, tick))
+    conn.send(ticks)
+    await _wait_readable(conn).wait()
+    for server in servers:
+        await server.stop()
+
+
+def _simulator_child(conn: multiprocessing.connection.Connection, units: int) -> None:
+    asyncio.run(_simulator_main(conn, units))
+
+
+async def _subscriber_main(
+    conn: multiprocessing.connection.Connection, host: str, port: int
+) -> None:
+    records: list[tuple[float, str, bytes]] = []
+    config = MqttConfig(host=host, port=port)
+    async with subscribe(
+        config, [f"{BASE_TOPIC}/+/vitals/uptime_s"], identifier=SUBSCRIBER_ID
+    ) as subscription:
+
+        async def collect() -> None:
+            while True:
+                message = await subscription.next()
+                if not message.retained:
+                    records.append((time.monotonic(), message.topic, message.payload))
+
+        stop = _wait_readable(conn)
+        conn.send("ready")
+        collector = asyncio.ensure_future(collect())
+        await stop.wait()
+        collector.cancel()
+        with contextlib.suppress(asyncio.CancelledError, MqttUnavailableError):
+            await collector
+    conn.recv()
+    conn.send(records)
+
+
+def _subscriber_child(conn: multiprocessing.connection.Connection, host: str, port: int) -> None:
+    asyncio.run(_subscriber_main(conn, host, port))
+
+
+class _Child:
+    """A spawned child process talking over a pipe; stopped by sending it anything."""
+
+    def __init__(self, target: Callable[..., None], *args: object) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conn, child_conn = context.Pipe()
+        self.process = context.Process(target=target, args=(child_conn, *args), daemon=True)
+        self.process.start()
+        child_conn.close()
+
+    def receive(self, timeout_s: float = CHILD_START_TIMEOUT_S) -> Any:  # noqa: ANN401 - pickled
+        if not self.conn.poll(timeout_s):
+            raise RuntimeError("bench child process did not answer in time")
+        return self.conn.recv()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send("stop")
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+
+
+# ---- counting wrappers (no change to the bridge's behaviour) -----------------------------------
+
+
+class _CountingClient(TwcClient):
+    """A :class:`TwcClient` that counts successful vitals reads and failures."""
+
+    def __init__(self, base_url: str, counts: dict[str, int]) -> None:
+        super().__init__(base_url)
+        self._counts = counts
+
+    async def fetch(self, endpoint: Endpoint | str) -> bytes:
+        try:
+            body = await super().fetch(endpoint)
+        except TwcError:
+            self._counts["errors"] += 1
+            raise
+        if endpoint == "vitals":
+            self._counts["vitals"] += 1
+        return body
+
+
+def _count_sent(outbox: Outbox, counts: dict[str, int]) -> None:
+    """Count every message the link marks as sent (one per completed publish)."""
+    original = outbox.mark_sent
+
+    def mark_sent(message: Message) -> None:
+        counts["sent"] += 1
+        original(message)
+
+    outbox.mark_sent = mark_sent  # type: ignore[method-assign]
+
+
+@dataclasses.dataclass
+class _Window:
+    cpu: float
+    wall: float
+    polls: int
+    sent: int
+    errors: int
+
+    @classmethod
+    def now(cls, counts: dict[str, int]) -> _Window:
+        return cls(
+            time.process_time(),
+            time.monotonic(),
+            counts["vitals"],
+            counts["sent"],
+            counts["errors"],
+        )
+
+
+def _figures(start: _Window, end: _Window) -> dict[str, float]:
+    wall = end.wall - start.wall
+    cpu = end.cpu - start.cpu
+    polls = end.polls - start.polls
+    return {
+        "window_s": round(wall, 2),
+        "polls": polls,
+        "polls_per_s": round(polls / wall, 1),
+        "cpu_s": round(cpu, 3),
+        "cpu_percent": round(100 * cpu / wall, 1),
+        "cpu_ms_per_poll": round(1000 * cpu / polls, 3) if polls else float("nan"),
+        "cpu_s_per_1000_polls": round(1000 * cpu / polls, 3) if polls else float("nan"),
+        "mqtt_msgs": end.sent - start.sent,
+        "mqtt_msgs_per_s": round((end.sent - start.sent) / wall, 1),
+        "http_errors": end.errors - start.errors,
+    }
+
+
+def _rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+# ---- the two measured phases ---------------------------------------------------------------------
+
+
+def _bridge_config(
+    urls: list[str], *, host: str, port: int, interval: float, data_dir: Path, discovery: str
+) -> BridgeConfig:
+    return BridgeConfig(
+        bridge=BridgeSection(data_dir=data_dir),
+        mqtt=MqttConfig(host=host, port=port, base_topic=BASE_TOPIC, client_id="twc3-bench"),
+        homeassistant=HomeAssistantConfig(discovery=discovery),
+        polling=PollingConfig(
+            vitals_s=interval,
+            vitals_idle_s=interval,
+            lifetime_s=LONG_INTERVAL_S,
+            wifi_status_s=LONG_INTERVAL_S,
+            version_s=LONG_INTERVAL_S,
+        ),
+        connectors=[
+            ConnectorConfig(host=url.removeprefix("http://"), id=f"bench{index:04d}")
+            for index, url in enumerate(urls, start=1)
+        ],
+    )
+
+
+async def _measure_bridge(
+    config: BridgeConfig, seconds: float, warmup_max_s: float
+) -> tuple[dict[str, float], float, float]:
+    counts = {"vitals": 0, "sent": 0, "errors": 0}
+    bridge = Bridge(config, client_factory=lambda c: _CountingClient(c.base_url, counts))
+    _count_sent(bridge.outbox, counts)
+    stop = asyncio.Event()
+    task = asyncio.create_task(bridge.run(stop))
+    # Warm-up: every unit read all four endpoints once (discovery is out), then 2 s more.
+    for _ in range(int(warmup_max_s / 0.2)):
+        if all(len(p.attempted) == len(ENDPOINTS) and p.status.online for p in bridge.pollers):
+            break
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(2.0)
+    start = _Window.now(counts)
+    await asyncio.sleep(seconds)
+    end = _Window.now(counts)
+    stop.set()
+    await task
+    return _figures(start, end), start.wall, end.wall
+
+
+async def _measure_baseline(
+    urls: list[str], host: str, port: int, interval: float, seconds: float
+) -> dict[str, float]:
+    counts = {"vitals": 0, "sent": 0, "errors": 0}
+    outbox = Outbox()
+    _count_sent(outbox, counts)
+    link = MqttLink(
+        MqttConfig(host=host, port=port, client_id="twc3-bench-baseline"),
+        outbox,
+        state_topic="twc3-bench-baseline/state",
+    )
+    clients = [TwcClient(url) for url in urls]
+    stop = asyncio.Event()
+
+    async def poll(index: int, client: TwcClient) -> None:
+        topic = f"twc3-bench-baseline/{index}/vitals"
+        await asyncio.sleep(interval * index / len(clients))
+        while True:
+            started = time.monotonic()
+            try:
+                body = await client.fetch("vitals")
+                json.loads(body)
+            except (TwcError, ValueError):
+                counts["errors"] += 1
+            else:
+                counts["vitals"] += 1
+                outbox.put(topic, body.decode())
+            await asyncio.sleep(max(0.0, started + interval - time.monotonic()))
+
+    link_task = asyncio.create_task(link.run(stop))
+    pollers = [asyncio.create_task(poll(i, c)) for i, c in enumerate(clients)]
+    await asyncio.sleep(3.0)
+    start = _Window.now(counts)
+    await asyncio.sleep(seconds)
+    end = _Window.now(counts)
+    for task in pollers:
+        task.cancel()
+    await asyncio.gather(*pollers, return_exceptions=True)
+    stop.set()
+    await link_task
+    for client in clients:
+        await client.aclose()
+    return _figures(start, end)
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _delays(
+    records: list[tuple[float, str, bytes]], ticks: dict[str, float], start: float, end: float
+) -> list[float]:
+    delays = []
+    for arrival, topic, payload in records:
+        if not start <= arrival <= end:
+            continue
+        unit_id = topic.split("/")[1]
+        tick = ticks.get(unit_id)
+        if tick is None or not payload.isdigit():
+            continue
+        delays.append(arrival - (tick + int(payload)))
+    return delays
+
+
+async def run_bench(
+    *,
+    units: int,
+    seconds: float,
+    host: str,
+    port: int,
+    interval: float = 1.0,
+    discovery: str = "entity",
+    warmup_max_s: float = 60.0,
+    baseline: bool = True,
+) -> dict[str, Any]:
+    """Run the bridge, then the baseline, against ``units`` simulated units; return the figures."""
+    simulator = _Child(_simulator_child, units)
+    subscriber: _Child | None = None
+    try:
+        unit_ticks: list[tuple[str, float]] = simulator.receive()
+        urls = [url for url, _ in unit_ticks]
+        ticks = {f"bench{i:04d}": tick for i, (_, tick) in enumerate(unit_ticks, start=1)}
+        subscriber = _Child(_subscriber_child, host, port)
+        subscriber.receive()
+        with tempfile.TemporaryDirectory(prefix="twc3-bench-") as data_dir:
+            config = _bridge_config(
+                urls,
+                host=host,
+                port=port,
+                interval=interval,
+                data_dir=Path(data_dir),
+                discovery=discovery,
+            )
+            bridge, start, end = await _measure_bridge(config, seconds, warmup_max_s)
+        bridge["peak_rss_mb"] = _rss_mb()
+        subscriber.conn.send("stop")
+        records: list[tuple[float, str, bytes]] = subscriber.receive()
+        delays = _delays(records, ticks, start, end)
+        bridge["latency_samples"] = len(delays)
+        bridge["change_to_message_p50_s"] = round(_percentile(delays, 0.50), 3)
+        bridge["change_to_message_p99_s"] = round(_percentile(delays, 0.99), 3)
+        bridge["change_to_message_max_s"] = round(max(delays, default=float("nan")), 3)
+        result: dict[str, Any] = {
+            "units": units,
+            "seconds": seconds,
+            "interval_s": interval,
+            "discovery": discovery,
+            "broker": f"{host}:{port}",
+            "bridge": bridge,
+        }
+        if baseline:
+            base = await _measure_baseline(urls, host, port, interval, seconds)
+            base["peak_rss_mb_process"] = _rss_mb()
+            result["baseline"] = base
+            if base["polls"] and bridge["polls"]:
+                result["cpu_per_poll_ratio"] = round(
+                    bridge["cpu_ms_per_poll"] / base["cpu_ms_per_poll"], 2
+                )
+        return result
+    finally:
+        if subscriber is not None:
+            subscriber.stop()
+        simulator.stop()
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The figures as a small text table."""
+    bridge = result["bridge"]
+    base = result.get("baseline")
+    rows = [
+        ("units / interval", f"{result['units']} / {result['interval_s']} s", ""),
+        ("window", f"{bridge['window_s']} s", f"{base['window_s']} s" if base else ""),
+        ("polls/s (vitals)", bridge["polls_per_s"], base["polls_per_s"] if base else ""),
+        ("CPU %", bridge["cpu_percent"], base["cpu_percent"] if base else ""),
+        (
+            "CPU s / 1000 polls",
+            bridge["cpu_s_per_1000_polls"],
+            base["cpu_s_per_1000_polls"] if base else "",
+        ),
+        ("MQTT msgs/s", bridge["mqtt_msgs_per_s"], base["mqtt_msgs_per_s"] if base else ""),
+        ("HTTP errors", bridge["http_errors"], base["http_errors"] if base else ""),
+        ("peak RSS MB", bridge["peak_rss_mb"], ""),
+        ("change→message p50 s", bridge["change_to_message_p50_s"], ""),
+        ("change→message p99 s", bridge["change_to_message_p99_s"], ""),
+        ("latency samples", bridge["latency_samples"], ""),
+    ]
+    lines = [f"{'':24} {'bridge':>14} {'baseline':>14}"]
+    lines += [f"{name:24} {a!s:>14} {b!s:>14}" for name, a, b in rows]
+    if "cpu_per_poll_ratio" in result:
+        lines.append(f"{'CPU per poll bridge/base':24} {result['cpu_per_poll_ratio']!s:>14}")
+    lines.append(f"discovery: {result['discovery']}, broker {result['broker']}")
+    return "\n".join(lines)
+
+
+def bench_main(
+    *,
+    units: int,
+    seconds: float,
+    host: str,
+    port: int,
+    interval: float,
+    json_path: Path | None,
+    discovery: str,
+) -> int:
+    """Run the benchmark, print the table, optionally write the JSON; returns the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    result = asyncio.run(
+        run_bench(
+            units=units,
+            seconds=seconds,
+            host=host,
+            port=port,
+            interval=interval,
+            discovery=discovery,
+        )
+    )
+    print(format_table(result))  # noqa: T201 - the command's output
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
