@@ -155,6 +155,9 @@ class ConnectorConfig(_Strict):
         value = " ".join(value.split())
         if not value:
             raise ValueError("must not be blank")
+        if any(not ch.isprintable() for ch in value):
+            # Control and direction-override characters would reach dashboards as device names.
+            raise ValueError("must not contain control or formatting characters")
         if len(value) > 100:  # noqa: PLR2004 - names show in dashboards
             raise ValueError("must be at most 100 characters")
         return value
