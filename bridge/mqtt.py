@@ -45,6 +45,33 @@ def _tls_context(config: MqttConfig) -> ssl.SSLContext | None:
     return context
 
 
+def make_client(
+    config: MqttConfig,
+    identifier: str,
+    will: tuple[str, str] | None = None,
+    timeout_s: float = PUBLISH_TIMEOUT_S,
+) -> aiomqtt.Client:
+    """An aiomqtt client with the configured broker, credentials and TLS (and a retained Will).
+
+    Raises:
+        ssl.SSLError, OSError, ValueError: the TLS files cannot be used.
+    """
+    password = config.password.get_secret_value() if config.password else None
+    tls_context = _tls_context(config)
+    return aiomqtt.Client(
+        config.host,
+        config.port,
+        username=config.username,
+        password=password,
+        identifier=identifier,
+        keepalive=config.keepalive_s,
+        will=aiomqtt.Will(will[0], will[1], qos=1, retain=True) if will else None,
+        tls_context=tls_context,
+        tls_insecure=bool(config.tls and config.tls.insecure) if tls_context else None,
+        timeout=timeout_s,
+    )
+
+
 def describe_mqtt_error(error: BaseException) -> str:
     """A one-line reason for a broker problem, without secrets."""
     text = str(error) or type(error).__name__
@@ -85,21 +112,7 @@ class MqttLink:
         self.last_delivery: float | None = None
 
     def _client(self) -> aiomqtt.Client:
-        config = self.config
-        password = config.password.get_secret_value() if config.password else None
-        tls_context = _tls_context(config)
-        return aiomqtt.Client(
-            config.host,
-            config.port,
-            username=config.username,
-            password=password,
-            identifier=config.client_id,
-            keepalive=config.keepalive_s,
-            will=aiomqtt.Will(self.state_topic, OFFLINE, qos=1, retain=True),
-            tls_context=tls_context,
-            tls_insecure=bool(config.tls and config.tls.insecure) if tls_context else None,
-            timeout=PUBLISH_TIMEOUT_S,
-        )
+        return make_client(self.config, self.config.client_id, (self.state_topic, OFFLINE))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stay connected until ``stop`` is set, then publish ``offline`` and disconnect."""
@@ -262,22 +275,10 @@ async def subscribe(
     ``identifier`` must differ from the bridge's ``client_id``, or the broker would disconnect the
     bridge. Connection problems raise :class:`MqttUnavailableError` with a one-line reason.
     """
-    password = config.password.get_secret_value() if config.password else None
     try:
-        tls_context = _tls_context(config)
+        client = make_client(config, identifier, timeout_s=connect_timeout_s)
     except (ssl.SSLError, OSError, ValueError) as error:
         raise MqttUnavailableError(f"cannot set up TLS: {describe_mqtt_error(error)}") from None
-    client = aiomqtt.Client(
-        config.host,
-        config.port,
-        username=config.username,
-        password=password,
-        identifier=identifier,
-        keepalive=config.keepalive_s,
-        tls_context=tls_context,
-        tls_insecure=bool(config.tls and config.tls.insecure) if tls_context else None,
-        timeout=connect_timeout_s,
-    )
     try:
         async with client:
             for pattern in patterns:
@@ -317,21 +318,7 @@ class WillKeeper:
         self.connected = asyncio.Event()
 
     def _client(self) -> aiomqtt.Client:
-        config = self.config
-        password = config.password.get_secret_value() if config.password else None
-        tls_context = _tls_context(config)
-        return aiomqtt.Client(
-            config.host,
-            config.port,
-            username=config.username,
-            password=password,
-            identifier=self.identifier,
-            keepalive=config.keepalive_s,
-            will=aiomqtt.Will(self.topic, self.payload, qos=1, retain=True),
-            tls_context=tls_context,
-            tls_insecure=bool(config.tls and config.tls.insecure) if tls_context else None,
-            timeout=PUBLISH_TIMEOUT_S,
-        )
+        return make_client(self.config, self.identifier, (self.topic, self.payload))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Hold the connection until ``stop`` is set; reconnect with backoff when it drops."""
