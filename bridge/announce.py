@@ -105,12 +105,12 @@ class Announcer:
             self._components[owner] = current
         self._publish(owner, configs)
 
-    def update_group(self, owner: str, configs: dict[str, dict[str, Any]]) -> None:
-        """Announce a power-sharing group's device (built by ``discovery.group_configs``)."""
+    def update_group(self, owner: str, build: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        """Announce a power-sharing group's device once; ``build`` runs only when needed."""
         if self.mode == "off" or self._signatures.get(owner) == "announced":
             return
         self._signatures[owner] = "announced"
-        self._publish(owner, configs)
+        self._publish(owner, build())
 
     def _publish(self, owner: str, configs: dict[str, dict[str, Any]]) -> None:
         for topic, payload in configs.items():

@@ -184,7 +184,7 @@ class Bridge:
         def update(poller: ConnectorPoller) -> None:
             self._keep_energy(poller)
             if group is not None:
-                self._update_group(group.name)
+                self._update_group(group)
             # Wait for one round of every endpoint so the first announce is already complete.
             if len(poller.attempted) < len(ENDPOINTS):
                 return
@@ -213,8 +213,7 @@ class Bridge:
             return None
         return UnitInfo(unit_id=group.leader, serial=leader.status.serial).identifier
 
-    def _update_group(self, name: str) -> None:
-        group = next(g for g in self.config.groups if g.name == name)
+    def _update_group(self, group: GroupConfig) -> None:
         members: dict[str, MemberState | None] = {}
         for member in group.members:
             poller = self.pollers_by_id.get(member)
@@ -235,7 +234,7 @@ class Bridge:
                 self.outbox.put(f"{base}/{key}", payload)
         self.announcer.update_group(
             f"group:{group.group_id}",
-            group_configs(
+            lambda: group_configs(
                 self.site, group.group_id, group.name, self.config.homeassistant.discovery
             ),
         )
