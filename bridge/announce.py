@@ -135,8 +135,9 @@ class Announcer:
         if self._state is None:
             return
         data = self._state.load()
+        # The live mappings, not copies (O(units) each time): a flush writes what they hold then.
         data[STATE_KEY] = {"topics": self._announced, "components": self._components}
-        self._state.save(data)
+        self._state.update(data)  # written by the bridge's periodic flush, not once per unit
 
     def announced_topics(self) -> list[str]:
         """Every config topic currently announced."""

@@ -34,6 +34,7 @@ STATE_FILE_NAME: Final = "state.json"
 HEARTBEAT_FILE_NAME: Final = "heartbeat"
 HEARTBEAT_INTERVAL_S: Final = 10.0
 ENERGY_SAVE_INTERVAL_S: Final = 60.0  # bounded writes: SD cards on a Raspberry Pi wear out
+STATE_FLUSH_INTERVAL_S: Final = 5.0  # discovery and address changes are written this late at most
 
 
 def connector_owner(connector: ConnectorConfig) -> str:
@@ -266,7 +267,7 @@ class Bridge:
             if previous != connector.host:
                 data = self.state_file.load()
                 data["addresses"] = {**addresses, serial: connector.host}
-                self.state_file.save(data)
+                self.state_file.update(data)
             return True
 
         return check
@@ -309,6 +310,12 @@ class Bridge:
                 self._energy_saved[serial] = (poller.derivation.energy.total_wh, now)
         data["energy"] = energy
         self.state_file.save(data)
+
+    async def _flush_state(self) -> None:
+        """Write the state file now and then when something changed (and on the way out)."""
+        while True:
+            await asyncio.sleep(STATE_FLUSH_INTERVAL_S)
+            self.state_file.flush()
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == self.site.status_topic and payload.strip() == b"online":
@@ -368,6 +375,7 @@ class Bridge:
                     group.create_task(self.homie_will.run(stop), name="homie-will")
                 reannounce_task = group.create_task(self.reannouncer.run(), name="reannounce")
                 heartbeat_task = group.create_task(self._heartbeat(), name="heartbeat")
+                flush_task = group.create_task(self._flush_state(), name="state-file")
                 poller_tasks = [
                     group.create_task(_supervised(p.label, p.run), name=f"poll {p.label}")
                     for p in self.pollers
@@ -377,6 +385,7 @@ class Bridge:
                     task.cancel()
                 reannounce_task.cancel()
                 heartbeat_task.cancel()
+                flush_task.cancel()
                 await link_task
         finally:
             self.save_energy()

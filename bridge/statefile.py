@@ -18,12 +18,19 @@ logger = logging.getLogger(__name__)
 
 
 class StateFile:
-    """One JSON object on disk, read once at start and replaced atomically on every save."""
+    """One JSON object on disk, read once at start and replaced atomically when written.
+
+    :meth:`update` changes only the copy in memory and :meth:`flush` writes it: the bridge
+    collects many small changes (one per unit at start) into one write, so a site of N units does
+    not rewrite an O(N) file N times, and an SD card sees few writes.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._failing = False
         self._data: dict[str, Any] | None = None
+        self._dirty = False
+        self.writes = 0
 
     def load(self) -> dict[str, Any]:
         """The saved object (read from disk once); ``{}`` when there is none or it is unusable."""
@@ -54,13 +61,30 @@ class StateFile:
             return {}
         return data
 
-    def save(self, data: dict[str, Any]) -> bool:
-        """Write ``data`` atomically (temporary file, fsync, rename); ``False`` if that failed.
+    @property
+    def dirty(self) -> bool:
+        """Whether memory holds changes not yet written."""
+        return self._dirty
 
-        The data is kept in memory either way, so a failed write loses nothing while running.
-        """
+    def update(self, data: dict[str, Any]) -> None:
+        """Replace the object in memory; the next :meth:`flush` writes it."""
         self._data = dict(data)
-        text = json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False)
+        self._dirty = True
+
+    def save(self, data: dict[str, Any]) -> bool:
+        """Replace the object and write it now; ``False`` if the write failed."""
+        self.update(data)
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Write pending changes atomically (temporary file, fsync, rename); ``False`` if failed.
+
+        The data is kept in memory either way, so a failed write loses nothing while running;
+        it stays pending, and the next flush tries again.
+        """
+        if not self._dirty or self._data is None:
+            return True
+        text = json.dumps(self._data, indent=1, sort_keys=True, ensure_ascii=False)
         temporary: str | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +108,8 @@ class StateFile:
                     error.strerror or error,
                 )
             return False
+        self._dirty = False
+        self.writes += 1
         if self._failing:
             self._failing = False
             logger.info("state file %s is writable again", self.path)

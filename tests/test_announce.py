@@ -101,18 +101,26 @@ def _announce_both(state: StateFile, mode: DiscoveryMode = "entity") -> None:
 
 
 class CheckingStateFile(StateFile):
-    """A state file that checks, after every save, that the file on disk is complete JSON."""
+    """A state file that checks, after every write, that the file on disk is complete JSON."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
+        self.updates = 0
         self.results: list[bool] = []
         self.snapshots: list[dict[str, Any]] = []
 
-    def save(self, data: dict[str, Any]) -> bool:
-        """Save, then read the file back as JSON and look for leftover temporary files."""
-        result = super().save(data)
-        self.results.append(result)
-        if result:
+    def update(self, data: dict[str, Any]) -> None:
+        """Count the changes handed over in memory."""
+        self.updates += 1
+        super().update(data)
+
+    def flush(self) -> bool:
+        """Write, then read the file back as JSON and look for leftover temporary files."""
+        pending = self.dirty
+        result = super().flush()
+        if pending:
+            self.results.append(result)
+        if pending and result:
             self.snapshots.append(json.loads(self.path.read_text(encoding="utf-8")))
             assert [p.name for p in self.path.parent.iterdir()] == [self.path.name]
         return result
@@ -152,12 +160,14 @@ def test_same_update_again_puts_nothing(tmp_path: Path) -> None:
     announcer.start()
     announcer.update_unit("garage", GARAGE, _fields())
     _send_all(outbox)
-    saves = len(state.results)
+    assert state.flush()
+    updates = state.updates
     same_info = UnitInfo(**{f: getattr(GARAGE, f) for f in GARAGE.__slots__})
     announcer.update_unit("garage", same_info, _fields())
     announcer.update_unit("garage", GARAGE, _fields())
     assert outbox.pending() == []
-    assert len(state.results) == saves
+    assert state.updates == updates
+    assert not state.dirty
 
 
 def test_changed_info_republishes_only_the_unit(tmp_path: Path) -> None:
@@ -324,13 +334,17 @@ def test_device_mode_stub_is_not_lost_when_superseded_before_sending(tmp_path: P
 
 
 def test_state_file_is_complete_json_after_every_save(tmp_path: Path) -> None:
-    """Each save leaves a whole JSON object on disk and no temporary file beside it."""
+    """Each write leaves a whole JSON object on disk and no temporary file beside it."""
     state = CheckingStateFile(tmp_path / "state.json")
     announcer, outbox = _announcer(state)
     announcer.start()
+    assert state.flush()
     announcer.update_unit("garage", GARAGE, _fields())
+    assert state.flush()
     announcer.update_unit("carport", CARPORT, _fields())
+    assert state.flush()
     announcer.update_unit("garage", GARAGE, _fields(lifetime=["energy_wh"]))
+    assert state.flush()
     _send_all(outbox)
     assert state.results == [True] * 4
     assert [set(s[STATE_KEY]["topics"]) for s in state.snapshots] == [
@@ -381,11 +395,14 @@ def test_unwritable_data_dir_does_not_stop_announcing(
     announcer.update_unit("garage", GARAGE, _fields())
     announcer.update_unit("carport", CARPORT, _fields())
     announcer.update_unit("garage", GARAGE, _fields(lifetime=["energy_wh"]))
+    for _ in range(3):
+        assert not unwritable_state.flush()
     batch = outbox.pending()
     assert set(_published(batch)) == (
         {BRIDGE_ENTITY_TOPIC} | _garage_topics(_fields(lifetime=["energy_wh"])) | _carport_topics()
     )
-    assert len(unwritable_state.results) >= 3
+    assert unwritable_state.dirty  # kept for the next try
+    assert len(unwritable_state.results) == 3
     assert not any(unwritable_state.results)
     save_warnings = [
         r
@@ -403,10 +420,14 @@ def test_unreadable_data_dir_warns_only_once(
     caplog.set_level(logging.INFO)
     blocker = tmp_path / "data"
     blocker.write_text("not a folder")
-    announcer, _ = _announcer(StateFile(blocker / "state.json"))
+    state = StateFile(blocker / "state.json")
+    announcer, _ = _announcer(state)
     announcer.start()
+    state.flush()
     announcer.update_unit("garage", GARAGE, _fields())
+    state.flush()
     announcer.update_unit("carport", CARPORT, _fields())
+    state.flush()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len([w for w in warnings if "cannot write" in w]) == 1, warnings
     assert len([w for w in warnings if "cannot be read" in w]) == 1, warnings

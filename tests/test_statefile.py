@@ -148,3 +148,33 @@ def test_recovery_logs_info_and_rearms_the_warning(
     assert state.save({"n": 4}) is False
     assert state.save({"n": 5}) is False
     assert len(_messages(caplog, logging.WARNING)) == 2
+
+
+# --- deferred writes ----------------------------------------------------------------------------
+
+
+def test_update_waits_for_flush_and_many_updates_make_one_write(tmp_path: Path) -> None:
+    """Changes handed over with update() are in memory at once and on disk after one flush."""
+    state = StateFile(tmp_path / "state.json")
+    for n in range(100):
+        state.update({"n": n})
+    assert state.load() == {"n": 99}
+    assert state.dirty
+    assert not state.path.exists()
+    assert state.flush() is True
+    assert json.loads(state.path.read_text(encoding="utf-8")) == {"n": 99}
+    assert state.writes == 1
+    assert not state.dirty
+    assert state.flush() is True  # nothing pending: no second write
+    assert state.writes == 1
+
+
+def test_failed_flush_keeps_the_change_for_the_next_try(tmp_path: Path) -> None:
+    """A flush that fails leaves the change pending; once writable, the next flush writes it."""
+    state = _blocked(tmp_path)
+    state.update({"kept": True})
+    assert state.flush() is False
+    assert state.dirty
+    state.path.parent.unlink()
+    assert state.flush() is True
+    assert json.loads(state.path.read_text(encoding="utf-8")) == {"kept": True}
