@@ -81,6 +81,25 @@ def announced_fields(poller: ConnectorPoller) -> dict[str, list[str]]:
     return fields
 
 
+def _discovery_inputs(poller: ConnectorPoller, via_device: str | None) -> tuple[object, ...]:
+    """Everything :func:`unit_info` and :func:`announced_fields` read, cheap to compare."""
+    status = poller.status
+    version = status.last_bodies.get("version")
+    wifi = status.last_bodies.get("wifi_status")
+    version_model = version.model if version and isinstance(version.model, Version) else None
+    wifi_model = wifi.model if wifi and isinstance(wifi.model, WifiStatus) else None
+    return (
+        poller.topics.unit_id if poller.topics else None,
+        status.serial,
+        via_device,
+        version_model.part_number if version_model else None,
+        version_model.firmware_version if version_model else None,
+        wifi_model.wifi_mac if wifi_model else None,
+        *((name, tuple(body.fields)) for name, body in status.last_bodies.items()),
+        tuple(status.derived),
+    )
+
+
 def connector_label(connector: ConnectorConfig) -> str:
     """How a connector is named in log lines: its id or name, and its address."""
     name = connector.configured_id()
@@ -181,6 +200,9 @@ class Bridge:
         owner = connector_owner(connector)
 
         group = self.config.group_of(connector.configured_id())
+        # What discovery is built from, as last seen; the hook runs after every poll, and
+        # rebuilding the field lists each time cost more than the rest of the poll.
+        seen: list[object] = [None]
 
         def update(poller: ConnectorPoller) -> None:
             self._keep_energy(poller)
@@ -189,6 +211,10 @@ class Bridge:
             # Wait for one round of every endpoint so the first announce is already complete.
             if len(poller.attempted) < len(ENDPOINTS):
                 return
+            inputs = _discovery_inputs(poller, self._leader_identifier(poller, group))
+            if inputs == seen[0]:
+                return
+            seen[0] = inputs
             info = unit_info(poller, connector, self._leader_identifier(poller, group))
             if info is not None:
                 self.announcer.update_unit(owner, info, announced_fields(poller))
@@ -311,11 +337,13 @@ class Bridge:
         data["energy"] = energy
         self.state_file.save(data)
 
-    async def _flush_state(self) -> None:
-        """Write the state file now and then when something changed (and on the way out)."""
+    async def _housekeeping(self) -> None:
+        """Write the state file when something changed; send again topics not sent for long."""
         while True:
             await asyncio.sleep(STATE_FLUSH_INTERVAL_S)
             self.state_file.flush()
+            # Pollers skip unchanged values, so the outbox refreshes them (README: 5 minutes).
+            self.outbox.refresh_stale()
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == self.site.status_topic and payload.strip() == b"online":
@@ -375,7 +403,7 @@ class Bridge:
                     group.create_task(self.homie_will.run(stop), name="homie-will")
                 reannounce_task = group.create_task(self.reannouncer.run(), name="reannounce")
                 heartbeat_task = group.create_task(self._heartbeat(), name="heartbeat")
-                flush_task = group.create_task(self._flush_state(), name="state-file")
+                housekeeping_task = group.create_task(self._housekeeping(), name="housekeeping")
                 poller_tasks = [
                     group.create_task(_supervised(p.label, p.run), name=f"poll {p.label}")
                     for p in self.pollers
@@ -385,7 +413,7 @@ class Bridge:
                     task.cancel()
                 reannounce_task.cancel()
                 heartbeat_task.cancel()
-                flush_task.cancel()
+                housekeeping_task.cancel()
                 await link_task
         finally:
             self.save_energy()

@@ -50,9 +50,11 @@ class Outbox:
         """Set a retained topic; it is published if new, changed, stale, or ``always``."""
         if not payload:
             raise ValueError(f"refusing an empty payload for {topic}: it would delete the topic")
-        unchanged = self._retained.get(topic) == payload
-        fresh = self._clock() - self._sent_at.get(topic, float("-inf")) < self.refresh_s
-        if unchanged and fresh and not always:
+        if (
+            not always
+            and self._retained.get(topic) == payload
+            and self._clock() - self._sent_at.get(topic, float("-inf")) < self.refresh_s
+        ):
             return
         self._retained[topic] = payload
         self._deletions.pop(topic, None)
@@ -81,6 +83,23 @@ class Outbox:
     def retained_topics(self) -> list[str]:
         """Every topic currently held."""
         return list(self._retained)
+
+    def refresh_stale(self) -> int:
+        """Mark for publishing every retained topic last sent ``refresh_s`` ago or longer.
+
+        Producers may then skip putting values they know are unchanged; this keeps the promise
+        that every topic is sent again at least every ``refresh_s``. Returns how many were marked.
+        """
+        oldest = self._clock() - self.refresh_s
+        stale = [
+            topic
+            for topic, sent in self._sent_at.items()
+            if sent <= oldest and topic not in self._dirty and topic in self._retained
+        ]
+        self._dirty.update(dict.fromkeys(stale))
+        if stale:
+            self._wakeup.set()
+        return len(stale)
 
     def republish_all(self, first_prefix: str | None = None) -> None:
         """Mark every retained topic for publishing again (after a broker reconnect).

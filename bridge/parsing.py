@@ -70,15 +70,10 @@ def decode_body(raw: bytes) -> dict[str, Any]:
     stripped = raw.strip()
     if not stripped:
         raise ParseError("empty body", raw)
-    repaired = _replace_non_finite(stripped)
-    try:
-        text = repaired.decode("utf-8")
-    except UnicodeDecodeError:
-        text = repaired.decode("utf-8", "replace")
-    value = _try_loads(text)
+    # Most bodies are valid JSON: try the C decoder on them as they are before any repair.
+    value = _try_loads_utf8(stripped)
     if value is None:
-        # Firmware intermittently omits the final brace (HA forum 311670 p3, HA #81443).
-        value = _try_loads(text + "}")
+        value = _repaired(stripped)
     if value is None:
         raise ParseError("not valid JSON", raw)
     if not isinstance(value, dict):
@@ -90,6 +85,27 @@ def decode_body(raw: bytes) -> dict[str, Any]:
     if not isinstance(normalised, dict):  # pragma: no cover - _normalise keeps dicts as dicts
         raise ParseError("expected a JSON object", raw)
     return normalised
+
+
+def _try_loads_utf8(raw: bytes) -> Any:  # noqa: ANN401 - JSON is untyped until normalised
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return _try_loads(text)
+
+
+def _repaired(stripped: bytes) -> Any:  # noqa: ANN401 - JSON is untyped until normalised
+    repaired = _replace_non_finite(stripped)
+    try:
+        text = repaired.decode("utf-8")
+    except UnicodeDecodeError:
+        text = repaired.decode("utf-8", "replace")
+    value = _try_loads(text)
+    if value is None:
+        # Firmware intermittently omits the final brace (HA forum 311670 p3, HA #81443).
+        value = _try_loads(text + "}")
+    return value
 
 
 def _try_loads(text: str) -> Any:  # noqa: ANN401 - JSON is untyped until normalised
@@ -105,26 +121,28 @@ class _TooDeepError(Exception):
 
 
 def _normalise(value: Any, depth: int) -> Any:  # noqa: ANN401 - walks untyped JSON
-    if depth > MAX_NESTING:
-        raise _TooDeepError
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, float):
+    # Exact type checks first: json makes only these types, and this runs for every value.
+    kind = type(value)
+    if kind is float:
         if not math.isfinite(value):
             return None
         return 0.0 if value == 0 else value
-    if isinstance(value, int):
+    if kind is int or kind is bool or value is None:
         return value
-    if isinstance(value, str):
+    if kind is str:
         return _clean_text(value)
-    if isinstance(value, list):
+    if value and depth >= MAX_NESTING:  # its items would be nested deeper than the limit
+        raise _TooDeepError
+    if kind is list:
         return [_normalise(item, depth + 1) for item in value]
-    if isinstance(value, dict):
-        return {_clean_text(str(key)): _normalise(item, depth + 1) for key, item in value.items()}
+    if kind is dict:
+        return {_clean_text(key): _normalise(item, depth + 1) for key, item in value.items()}
     return None  # pragma: no cover - json produces no other types
 
 
 def _clean_text(text: str) -> str:
+    if text.isascii():
+        return text
     # Lone surrogates are legal in JSON escapes but cannot be encoded to UTF-8 for MQTT.
     try:
         text.encode("utf-8")

@@ -14,15 +14,24 @@ from bridge.topics import compact_json, field_level, plain_payload
 logger = logging.getLogger(__name__)
 
 MAX_FIELDS_PER_BODY: Final = 256  # real bodies have under 30; bound what a broken unit can create
+MAX_REMEMBERED_KEYS: Final = 4 * MAX_FIELDS_PER_BODY
+_NOTHING: Final = object()
 
 
 class UnitTopics:
-    """Topic names under ``<base>/<id>`` for one unit."""
+    """Topic names under ``<base>/<id>`` for one unit, and the values last put on them.
+
+    ``last_values`` lets a poll skip every field whose value has not changed since it was last
+    put, before formatting it: most fields of a body repeat from poll to poll. The outbox's
+    :meth:`~bridge.outbox.Outbox.refresh_stale` still sends each topic again every few minutes.
+    """
 
     def __init__(self, base_topic: str, unit_id: str) -> None:
         self.unit_id = unit_id
         self.root = f"{base_topic}/{unit_id}"
         self.availability = f"{self.root}/availability"
+        self.last_values: dict[str, object] = {}
+        self._field_topics: dict[tuple[str, str], str | None] = {}
 
     def endpoint(self, endpoint: str) -> str:
         """The topic holding an endpoint's whole body as JSON."""
@@ -31,6 +40,31 @@ class UnitTopics:
     def field(self, endpoint: str, level: str) -> str:
         """The topic holding one field's plain value."""
         return f"{self.root}/{endpoint}/{level}"
+
+    def field_topic(self, endpoint: str, key: str) -> str | None:
+        """The topic of a body key, or ``None`` when the key has no safe topic level."""
+        try:
+            return self._field_topics[endpoint, key]
+        except KeyError:
+            pass
+        level = field_level(key)
+        topic = None if level is None else self.field(endpoint, level)
+        if len(self._field_topics) < MAX_REMEMBERED_KEYS:  # a unit inventing keys gets no more
+            self._field_topics[endpoint, key] = topic
+        return topic
+
+    def put_if_changed(self, outbox: Outbox, topic: str, value: object) -> None:
+        """Put ``value`` as its plain payload unless it equals what was last put on ``topic``."""
+        last = self.last_values.get(topic, _NOTHING)
+        if last == value and type(last) is type(value):
+            return
+        payload = plain_payload(value)
+        if payload is None:
+            self.last_values.pop(topic, None)
+            return
+        if len(self.last_values) < MAX_REMEMBERED_KEYS:
+            self.last_values[topic] = value
+        outbox.put(topic, payload)
 
     def derived(self, name: str) -> str:
         """The topic of one derived value."""
@@ -72,7 +106,24 @@ def publish_body(outbox: Outbox, topics: UnitTopics, parsed: ParsedBody) -> int:
     The whole-body topic is refreshed on every successful poll; field topics when they change
     (and at least every few minutes, by the outbox's refresh rule).
     """
-    outbox.put(topics.endpoint(parsed.endpoint), compact_json(parsed.fields), always=True)
+    fields = parsed.fields
+    outbox.put(topics.endpoint(parsed.endpoint), compact_json(fields), always=True)
+    if len(fields) > MAX_FIELDS_PER_BODY:
+        return _publish_odd_body(outbox, topics, parsed)
+    used: set[str] = set()
+    skipped = 0
+    for key, value in fields.items():
+        topic = topics.field_topic(parsed.endpoint, key)
+        if topic is None or topic in used:
+            skipped += 1
+            continue
+        used.add(topic)
+        topics.put_if_changed(outbox, topic, value)
+    return skipped
+
+
+def _publish_odd_body(outbox: Outbox, topics: UnitTopics, parsed: ParsedBody) -> int:
+    # More keys than any real body: the slow, bounded path, remembering nothing.
     levels, skipped = field_messages(parsed.fields)
     for level, payload in levels.items():
         outbox.put(topics.field(parsed.endpoint, level), payload)
@@ -86,11 +137,10 @@ def publish_derived(outbox: Outbox, topics: UnitTopics, derived: Derived, now: f
     unknown instead of a stale value; other unknown values are left unpublished.
     """
     for name, value in derived.values.items():
-        payload = plain_payload(value)
-        if payload is None and name in TEMPERATURE_FIELDS:
-            payload = "null"
-        if payload is not None:
-            outbox.put(topics.derived(name), payload)
+        if value is None and name in TEMPERATURE_FIELDS:
+            topics.put_if_changed(outbox, topics.derived(name), "null")
+        else:
+            topics.put_if_changed(outbox, topics.derived(name), value)
     if derived.events:
         timestamp = datetime.fromtimestamp(now, tz=UTC).isoformat(timespec="seconds")
         for event in derived.events:

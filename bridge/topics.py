@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -51,10 +52,21 @@ def field_level(key: str) -> str | None:
     future or hostile firmware might send (``/``, ``+``, ``#``, control characters, huge keys) is
     reduced to ``[A-Za-z0-9_-]`` and bounded.
     """
+    if len(key) > _CACHED_KEY_LENGTH:  # a hostile key is not worth keeping in memory
+        return _field_level(key)
+    return _cached_field_level(key)
+
+
+def _field_level(key: str) -> str | None:
     level = _FIELD_UNSAFE.sub("_", key)[:MAX_FIELD_LENGTH]
     if not level.strip("_-"):
         return None
     return level
+
+
+# The same few dozen keys arrive on every poll of every unit: remember their levels.
+_CACHED_KEY_LENGTH: Final = 2 * MAX_FIELD_LENGTH
+_cached_field_level = functools.lru_cache(maxsize=1024)(_field_level)
 
 
 def validate_base_topic(base: str) -> str | None:

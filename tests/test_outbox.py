@@ -93,6 +93,33 @@ def test_refresh_counts_from_the_send_not_the_put() -> None:
     assert outbox.pending() == [Message("t", "1")]
 
 
+def test_refresh_stale_marks_only_topics_sent_long_ago() -> None:
+    """refresh_stale() re-sends what was last sent refresh_s ago, without anyone putting it."""
+    outbox, clock = _outbox()
+    outbox.put("old", "1")
+    _send_all(outbox)
+    clock.advance(200)
+    outbox.put("recent", "2")
+    outbox.put("never-sent", "3")
+    _send_all(outbox)
+    outbox.put("never-sent", "4")  # pending already: not counted twice
+    assert outbox.refresh_stale() == 0
+    clock.advance(REFRESH_S - 200)
+    assert outbox.refresh_stale() == 1
+    assert outbox.pending() == [Message("never-sent", "4"), Message("old", "1")]
+    _send_all(outbox)
+    assert outbox.refresh_stale() == 0
+    outbox.delete("recent")
+    clock.advance(REFRESH_S)
+    assert {m.topic for m in outbox.pending()} == {"recent"}  # the deletion only
+    assert outbox.refresh_stale() == 2
+    assert {(m.topic, m.payload) for m in outbox.pending()} == {
+        ("recent", ""),
+        ("old", "1"),
+        ("never-sent", "4"),
+    }
+
+
 def test_refresh_interval_is_configurable() -> None:
     """A custom refresh_s is honoured."""
     outbox, clock = _outbox(refresh_s=10)
