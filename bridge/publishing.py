@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -107,19 +108,33 @@ def publish_body(outbox: Outbox, topics: UnitTopics, parsed: ParsedBody) -> int:
     (and at least every few minutes, by the outbox's refresh rule).
     """
     fields = parsed.fields
-    outbox.put(topics.endpoint(parsed.endpoint), compact_json(fields), always=True)
+    outbox.put(topics.endpoint(parsed.endpoint), _body_json(fields), always=True)
     if len(fields) > MAX_FIELDS_PER_BODY:
         return _publish_odd_body(outbox, topics, parsed)
     used: set[str] = set()
     skipped = 0
+    last_values = topics.last_values
     for key, value in fields.items():
         topic = topics.field_topic(parsed.endpoint, key)
         if topic is None or topic in used:
             skipped += 1
             continue
         used.add(topic)
+        # put_if_changed, inlined for the common case: this loop runs for every key of every poll
+        last = last_values.get(topic, _NOTHING)
+        if last == value and type(last) is type(value):
+            continue
         topics.put_if_changed(outbox, topic, value)
     return skipped
+
+
+def _body_json(fields: dict[str, Any]) -> str:
+    # Parsed bodies hold no NaN or infinity, so the checking walk of compact_json is not needed;
+    # allow_nan=False still refuses one, should it ever get through.
+    try:
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        return compact_json(fields)
 
 
 def _publish_odd_body(outbox: Outbox, topics: UnitTopics, parsed: ParsedBody) -> int:
