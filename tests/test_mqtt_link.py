@@ -1,0 +1,226 @@
+"""MqttLink publishing in chunks on a real mosquitto: completeness, order, outages, private API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as paho
+import pytest
+
+from bridge.config import MqttConfig
+from bridge.mqtt import MAX_BATCH, MqttLink, make_client, paho_client
+from bridge.outbox import Message, Outbox
+from tests.conftest import Broker, collect_retained, subscriber, wait_for_retained
+
+STATE_TOPIC = "test/bridge/state"
+
+
+def link_for(port: int, outbox: Outbox) -> MqttLink:
+    config = MqttConfig(
+        host="127.0.0.1",
+        port=port,
+        client_id=f"test-link-{time.monotonic_ns()}",
+        reconnect_max_s=0.5,
+    )
+    return MqttLink(config, outbox, state_topic=STATE_TOPIC)
+
+
+@contextlib.asynccontextmanager
+async def running(link: MqttLink) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``link`` until the block ends; it must connect within 10 s and stop within 15 s."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(link.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            await link.connected.wait()
+        yield task
+    finally:
+        stop.set()
+        async with asyncio.timeout(15):
+            await task
+
+
+async def eventually(condition: Callable[[], bool], limit_s: float) -> None:
+    """Poll ``condition`` until it holds; ``TimeoutError`` after ``limit_s``."""
+    async with asyncio.timeout(limit_s):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+
+
+async def drained(outbox: Outbox, limit_s: float = 30.0) -> None:
+    await eventually(lambda: not outbox.pending(), limit_s)
+
+
+class Barriers:
+    """Counts the link's awaited publishes (one per chunk) and can act just before one."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        self.most_queued = 0  # packets waiting in paho's send queue when a barrier was awaited
+        self.before: Callable[[int], None] | None = None
+        self.nodelay: set[int] = set()  # TCP_NODELAY of the link's socket at each barrier
+        real = aiomqtt.Client.publish
+
+        async def publish(client: aiomqtt.Client, *args: Any, **kwargs: Any) -> None:
+            self.calls += 1
+            inner = paho_client(client)
+            self.most_queued = max(self.most_queued, len(inner._out_packet))
+            sock = inner.socket()
+            if isinstance(sock, socket.socket):
+                self.nodelay.add(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            if self.before is not None:
+                self.before(self.calls)
+            await real(client, *args, **kwargs)
+
+        monkeypatch.setattr(aiomqtt.Client, "publish", publish)
+
+
+def burst(count: int) -> dict[str, str]:
+    """``count`` retained topics with short payloads, 25 fields per unit."""
+    return {f"test/unit{i // 25:04d}/field{i % 25:02d}": f"{i}.5" for i in range(count)}
+
+
+@pytest.mark.broker
+async def test_burst_of_retained_topics_reaches_the_broker_in_chunks(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbox = Outbox()
+    link = link_for(broker.port, outbox)
+    expected = burst(5000)
+    async with running(link):
+        await drained(outbox)
+        barriers = Barriers(monkeypatch)
+        before = time.monotonic()
+        for topic, payload in expected.items():
+            outbox.put(topic, payload)
+        await drained(outbox)
+        assert outbox.pending() == []
+        assert link.last_delivery is not None
+        assert link.last_delivery >= before
+        # One awaited publish per chunk, and never more than one chunk waiting inside paho.
+        assert barriers.calls == -(-len(expected) // MAX_BATCH)
+        assert barriers.most_queued <= MAX_BATCH
+        # Nagle off: otherwise each barrier waits for the broker's delayed ACK (~40 ms).
+        assert barriers.nodelay == {1}
+        found = await collect_retained(broker.port, "test/#")
+        assert link.connections == 1
+    assert found == {**expected, STATE_TOPIC: "online"}
+
+
+@pytest.mark.broker
+async def test_deletions_and_events_keep_their_order(broker: Broker) -> None:
+    outbox = Outbox()
+    link = link_for(broker.port, outbox)
+    events = [f"event-{n}" for n in range(700)]  # 1 + 1 + 700 messages: the events span 2 chunks
+    async with running(link):
+        for name in ("a", "b", "c"):
+            outbox.put(f"test/keep/{name}", f"{name}-1")
+        await drained(outbox)
+        async with subscriber(broker.port, "test/keep/#") as client:
+            messages = aiter(client.messages)
+            received: list[tuple[str, str, bool]] = []
+            async with asyncio.timeout(10):
+                while len(received) < 3:  # the retained a, b, c delivered on subscribing
+                    message = await anext(messages)
+                    assert isinstance(message.payload, bytes)
+                    received.append((str(message.topic), message.payload.decode(), message.retain))
+            assert sorted(received) == [
+                (f"test/keep/{name}", f"{name}-1", True) for name in ("a", "b", "c")
+            ]
+            outbox.delete("test/keep/a")
+            outbox.put("test/keep/b", "b-2")
+            for payload in events:
+                outbox.event("test/keep/events", payload)
+            received = []
+            async with asyncio.timeout(15):
+                while len(received) < 2 + len(events):
+                    message = await anext(messages)
+                    assert isinstance(message.payload, bytes)
+                    received.append((str(message.topic), message.payload.decode(), message.retain))
+            with contextlib.suppress(TimeoutError):  # nothing more arrives: no duplicates
+                async with asyncio.timeout(0.5):
+                    extra = await anext(messages)
+                    pytest.fail(f"unexpected extra message on {extra.topic}: {extra.payload!r}")
+        await drained(outbox)
+        assert outbox.pending() == []
+        found = await collect_retained(broker.port, "test/keep/#")
+    assert received == [
+        ("test/keep/a", "", False),
+        ("test/keep/b", "b-2", False),
+        *(("test/keep/events", payload, False) for payload in events),
+    ]
+    assert found == {"test/keep/b": "b-2", "test/keep/c": "c-1"}
+
+
+@pytest.mark.broker
+async def test_broker_killed_mid_burst_unconfirmed_chunk_stays_pending_then_all_is_republished(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbox = Outbox()
+    link = link_for(broker.port, outbox)
+    expected = burst(5000)
+    events = [f"event-{n}" for n in range(20)]
+    killed_at_barrier = 3
+    async with running(link):
+        await drained(outbox)
+        barriers = Barriers(monkeypatch)
+
+        def kill_before_third_barrier(call: int) -> None:
+            if call == killed_at_barrier:
+                broker.stop()
+
+        barriers.before = kill_before_third_barrier
+        for topic, payload in expected.items():
+            outbox.put(topic, payload)
+        for payload in events:
+            outbox.event("test/events", payload)
+        await eventually(lambda: not link.connected.is_set(), 15)
+        # Chunks 1 and 2 were confirmed; chunk 3 lost its barrier: none of it may count as sent.
+        confirmed = (killed_at_barrier - 1) * MAX_BATCH
+        still_pending = outbox.pending()
+        assert still_pending == [
+            *(Message(topic, payload) for topic, payload in list(expected.items())[confirmed:]),
+            *(Message("test/events", payload, retain=False) for payload in events),
+        ]
+        broker.start()  # same port, empty: persistence is off
+        want = {**expected, STATE_TOPIC: "online"}
+        found = await wait_for_retained(
+            broker.port, lambda seen: seen == want, pattern="test/#", limit_s=30
+        )
+        await drained(outbox)
+        assert link.connections == 2
+    assert found == want
+
+
+async def test_a_message_paho_refuses_raises_mqtt_error_before_the_barrier(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rc of paho's publish is checked: an unconnected client cannot queue QoS 0."""
+    client = make_client(MqttConfig(host="127.0.0.1"), "test-refused")
+    barriers = Barriers(monkeypatch)
+    chunk = [Message("test/x", "1"), Message("test/y", "2"), Message("test/z", "3")]
+    with pytest.raises(aiomqtt.MqttError, match="not currently connected"):
+        await MqttLink._publish_chunk(client, chunk)
+    assert barriers.calls == 0
+
+
+async def test_aiomqtt_still_holds_a_paho_client_for_publishing_without_awaiting() -> None:
+    """MqttLink reaches into aiomqtt's private ``_client``: fail loudly if aiomqtt changes it."""
+    client = make_client(MqttConfig(host="127.0.0.1"), "test-guard")
+    inner = getattr(client, "_client", None)
+    assert isinstance(inner, paho.Client), (
+        f"aiomqtt.Client._client is {type(inner).__name__}, not a paho client: "
+        "bridge.mqtt.paho_client and MqttLink._publish_chunk must be rewritten"
+    )
+    assert paho_client(client) is inner
+    # aiomqtt must register a socket writer with paho, or a non-awaited publish would write
+    # synchronously from inside our code instead of being batched by the event loop.
+    assert inner.on_socket_register_write is not None
