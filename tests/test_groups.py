@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
@@ -167,18 +166,21 @@ def test_unit_answering_at_a_new_address_is_logged_once(
 ) -> None:
     """The same serial at another host is one log line, and the new host is remembered."""
 
-    def guard_for(host: str) -> Callable[[ConnectorPoller, str], bool]:
+    def run_with(host: str) -> bool:
+        """One bridge run at ``host`` that meets the unit; its state file is written at the end."""
         config = BridgeConfig.model_validate(
             {"bridge": {"data_dir": str(tmp_path)}, "connectors": [{"host": host, "id": "garage"}]}
         )
         bridge = Bridge(config)
-        return bridge._serial_guard(config.connectors[0])
+        accepted = bridge._serial_guard(config.connectors[0])(poller, "SER123")
+        assert bridge.state_file.flush()
+        return accepted
 
     caplog.set_level(logging.INFO)
     poller = cast("ConnectorPoller", SimpleNamespace(label="garage"))
-    assert guard_for("192.0.2.10")(poller, "SER123")
-    assert guard_for("192.0.2.10")(poller, "SER123")
-    assert guard_for("192.0.2.99")(poller, "SER123")
+    assert run_with("192.0.2.10")
+    assert run_with("192.0.2.10")
+    assert run_with("192.0.2.99")
     moved = [r.getMessage() for r in caplog.records if "now answers at" in r.getMessage()]
     assert moved == [
         "Wall Connector SER123 now answers at 192.0.2.99 (was 192.0.2.10); same device and topics"

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 
@@ -16,6 +20,7 @@ from bridge.twc import (
     TwcClient,
     TwcError,
     TwcUnreachableError,
+    _httpx_error,
 )
 
 VITALS = b'{"contactor_closed":false,"grid_v":241.3,"pilot_low_v":-0.0,"avg":nan'
@@ -345,3 +350,263 @@ async def test_closed_loopback_port_is_connection_refused() -> None:
         await client.aclose()
     assert caught.value.reason == "connection refused"
     assert caught.value.endpoint == "vitals"
+
+
+# --- real sockets on 127.0.0.1: the aiohttp transport's errors keep their reasons ---------------
+
+Responder = Callable[[asyncio.StreamWriter], Coroutine[None, None, bool]]
+"""Answers one request; True keeps the connection open for the next one."""
+
+GARBAGE = b"\x16\x03\x01\x00\xa5garbage, not HTTP\r\n\r\n"
+
+
+def _http(body: bytes = b"{}", status: str = "200 OK", headers: str = "") -> bytes:
+    head = f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
+    return head.encode() + body
+
+
+def _answer(*raws: bytes, keep: bool = True) -> Responder:
+    """Send the next of ``raws`` to each request, whichever connection it came on."""
+    queue = list(raws)
+
+    async def respond(writer: asyncio.StreamWriter) -> bool:
+        writer.write(queue.pop(0))
+        await writer.drain()
+        return keep
+
+    return respond
+
+
+async def _drop(_writer: asyncio.StreamWriter) -> bool:
+    return False
+
+
+async def _hang(_writer: asyncio.StreamWriter) -> bool:
+    await asyncio.get_running_loop().create_future()  # until the server is torn down
+    return False
+
+
+class _Wire:
+    """What a test server saw: connections accepted, request heads, client addresses."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.peers: list[str] = []
+
+
+@contextlib.asynccontextmanager
+async def _serve(respond: Responder) -> AsyncIterator[_Wire]:
+    wire = _Wire()
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        wire.connections += 1
+        wire.peers.append(writer.get_extra_info("peername")[0])
+        try:
+            for _ in range(100):
+                try:
+                    wire.requests.append(await reader.readuntil(b"\r\n\r\n"))
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                if not await respond(writer):
+                    return
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    wire.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        yield wire
+    finally:
+        server.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+async def _real_fetch(
+    respond: Responder, endpoint: str = "vitals", **options: Any
+) -> tuple[bytes | TwcError, _Wire]:
+    options = {"connect_timeout_s": 2.0, "read_timeout_s": 2.0, **options}
+    async with asyncio.timeout(10), _serve(respond) as wire:
+        client = TwcClient(wire.url, **options)
+        try:
+            return await client.fetch(endpoint), wire
+        except TwcError as error:
+            return error, wire
+        finally:
+            await client.aclose()
+
+
+async def test_real_request_on_the_wire() -> None:
+    """The request line, Host and Accept-Encoding sent over a real socket."""
+    body, wire = await _real_fetch(_answer(_http(VITALS)))
+    assert body == VITALS
+    head = wire.requests[0].lower()
+    assert head.startswith(b"get /api/1/vitals http/1.1\r\n")
+    assert b"\r\naccept-encoding: identity\r\n" in head
+    assert f"\r\nhost: {wire.url.removeprefix('http://')}\r\n".encode() in head
+
+
+async def test_dropped_connection_is_dropped_not_timeout_and_not_retried() -> None:
+    """A unit that closes after reading the request is "connection dropped", asked once."""
+    error, wire = await _real_fetch(_drop)
+    assert isinstance(error, TwcUnreachableError)
+    assert error.reason == "connection dropped (RemoteProtocolError)"
+    assert (wire.connections, len(wire.requests)) == (1, 1)
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["then-close", "then-wait"])
+async def test_garbage_answer_is_unreachable_with_a_one_line_reason(keep: bool) -> None:
+    """Bytes that are not HTTP are a dropped connection, said in one line, never a traceback."""
+    error, wire = await _real_fetch(_answer(GARBAGE, keep=keep))
+    assert isinstance(error, TwcUnreachableError)
+    assert error.reason == "connection dropped (RemoteProtocolError)"
+    assert "\n" not in str(error)
+    assert len(wire.requests) == 1
+
+
+async def test_body_cut_short_is_a_dropped_connection() -> None:
+    """A body shorter than its Content-Length, then EOF, is a dropped connection."""
+    error, _ = await _real_fetch(
+        _answer(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n{}", keep=False)
+    )
+    assert isinstance(error, TwcUnreachableError)
+    assert error.reason == "connection dropped (RemoteProtocolError)"
+
+
+async def test_keep_alive_connection_is_reused() -> None:
+    """Two requests in a row travel on one connection."""
+    async with asyncio.timeout(10), _serve(_answer(_http(b"1"), _http(b"2"))) as wire:
+        client = TwcClient(wire.url)
+        try:
+            assert await client.fetch("vitals") == b"1"
+            assert await client.fetch("lifetime") == b"2"
+        finally:
+            await client.aclose()
+    assert [head.split(b"\r\n")[0] for head in wire.requests] == [
+        b"GET /api/1/vitals HTTP/1.1",
+        b"GET /api/1/lifetime HTTP/1.1",
+    ]
+    assert wire.connections == 1
+
+
+@pytest.mark.parametrize(
+    "oversize",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 50000000\r\n\r\n" + b"x" * 100_000,
+        b"HTTP/1.0 200 OK\r\n\r\n" + b"x" * 100_000,
+    ],
+    ids=["declared", "until-eof"],
+)
+async def test_oversize_real_body_is_refused_and_its_connection_dropped(oversize: bytes) -> None:
+    """An oversize body is not drained: the next request opens a new connection."""
+    async with asyncio.timeout(10), _serve(_answer(oversize, _http(b"{}"))) as wire:
+        client = TwcClient(wire.url)
+        try:
+            with pytest.raises(TwcBadResponseError, match="unexpected response: body"):
+                await client.fetch("vitals")
+            assert await client.fetch("vitals") == b"{}"
+        finally:
+            await client.aclose()
+    assert wire.connections == 2
+
+
+async def test_real_non_200_then_ok() -> None:
+    """An HTTP error answer is a bad response; the same client reads the next answer."""
+    async with asyncio.timeout(10), _serve(_answer(_http(status="503 Busy"), _http())) as wire:
+        client = TwcClient(wire.url)
+        try:
+            with pytest.raises(TwcBadResponseError, match="HTTP 503"):
+                await client.fetch("vitals")
+            assert await client.fetch("vitals") == b"{}"
+        finally:
+            await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [None, b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n{"],
+    ids=["no-answer", "stalled-body"],
+)
+async def test_silent_unit_is_a_read_timeout(partial: bytes | None) -> None:
+    """The read timeout, not the whole-request deadline, ends a wait for bytes."""
+    started = time.monotonic()
+    error, _ = await _real_fetch(_hang if partial is None else _answer(partial), read_timeout_s=0.2)
+    assert isinstance(error, TwcUnreachableError)
+    assert error.reason == "timeout"
+    assert time.monotonic() - started < 2.0  # the deadline would be 7.2 s
+
+
+@pytest.mark.parametrize("source", ["127.0.0.1", "127.0.0.2"])
+async def test_source_address_is_bound(source: str) -> None:
+    """Requests leave from ``source_address``."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((source, 0))
+        except OSError as error:
+            pytest.skip(f"cannot bind {source}: {error}")
+    body, wire = await _real_fetch(_answer(_http()), source_address=source)
+    assert body == b"{}"
+    assert wire.peers == [source]
+
+
+async def test_source_address_not_on_this_host_is_no_route() -> None:
+    """A source address this host does not have fails as "no route"."""
+    error, wire = await _real_fetch(_answer(_http()), source_address="192.0.2.77")
+    assert isinstance(error, TwcUnreachableError)
+    assert error.reason == "no route"
+    assert wire.connections == 0
+
+
+async def test_aclose_is_safe_unused_and_twice() -> None:
+    """aclose() works on a client never used and when called twice; a closed client refuses."""
+    unused = TwcClient("http://192.0.2.50")
+    await unused.aclose()
+    await unused.aclose()
+    async with asyncio.timeout(10), _serve(_answer(_http())) as wire:
+        client = TwcClient(wire.url)
+        assert await client.fetch("vitals") == b"{}"
+        await client.aclose()
+        await client.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            await client.fetch("vitals")
+    assert wire.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (aiohttp.ServerDisconnectedError(), "connection dropped (RemoteProtocolError)"),
+        (aiohttp.ClientPayloadError("cut"), "connection dropped (RemoteProtocolError)"),
+        (aiohttp.ClientOSError(errno.ECONNRESET, "reset"), "connection dropped (ReadError)"),
+        (aiohttp.ConnectionTimeoutError("slow"), "timeout"),
+        (aiohttp.SocketTimeoutError("slow"), "timeout"),
+        (aiohttp.ServerTimeoutError("slow"), "timeout"),
+        (aiohttp.NonHttpUrlClientError("ftp://x"), "request failed (UnsupportedProtocol)"),
+        (aiohttp.ClientConnectionError("lost"), "request failed (ClientConnectionError)"),
+        (aiohttp.ClientError("odd"), "request failed (ClientError)"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else type(value).__name__,
+)
+async def test_aiohttp_error_mapping(error: aiohttp.ClientError, reason: str) -> None:
+    """Each aiohttp failure gets the reason httpx's own stack gave; the rest stay one line."""
+
+    def handler(_request: httpx.Request) -> httpx.Response:
+        # As the transport does it, without a real failure on a socket behind it.
+        if (mapped := _httpx_error(error)) is None:
+            raise error
+        raise mapped from error
+
+    async with asyncio.timeout(5):
+        caught = await _fetch_error(handler)
+    assert isinstance(caught, TwcUnreachableError)
+    assert caught.reason == reason
