@@ -55,9 +55,9 @@ class Announcer:
             str(topic): str(owner) for topic, owner in topics.items() if isinstance(owner, str)
         }
         # The same, by owner: one unit's announce must not scan every unit's topics.
-        self._owned: dict[str, set[str]] = {}
+        self._owned: dict[str, dict[str, None]] = {}  # ordered sets: removals in announce order
         for topic, owner in self._announced.items():
-            self._owned.setdefault(owner, set()).add(topic)
+            self._owned.setdefault(owner, {})[topic] = None
         components = saved.get("components", {})
         self._components: dict[str, dict[str, str]] = {
             str(owner): {str(k): str(v) for k, v in value.items()}
@@ -79,7 +79,7 @@ class Announcer:
         for topic in stale:
             self._outbox.delete(topic)
             owner = self._announced.pop(topic)
-            self._owned.get(owner, set()).discard(topic)
+            self._owned.get(owner, {}).pop(topic, None)
             self._components.pop(owner, None)
         if stale:
             logger.info("discovery: removing %d config(s) no longer wanted", len(stale))
@@ -120,19 +120,19 @@ class Announcer:
     def _publish(self, owner: str, configs: dict[str, dict[str, Any]]) -> None:
         for topic, payload in configs.items():
             self._outbox.put(topic, encode(payload))
-        owned = self._owned.setdefault(owner, set())
-        stale = sorted(topic for topic in owned if topic not in configs)
+        owned = self._owned.setdefault(owner, {})
+        stale = [topic for topic in owned if topic not in configs]
         for topic in stale:
             self._outbox.delete(topic)
             del self._announced[topic]
-            owned.discard(topic)
+            del owned[topic]
         changed = bool(stale) or any(self._announced.get(topic) != owner for topic in configs)
         for topic in configs:
             previous = self._announced.get(topic)
             if previous is not None and previous != owner:
-                self._owned.get(previous, set()).discard(topic)
+                self._owned.get(previous, {}).pop(topic, None)
             self._announced[topic] = owner
-            owned.add(topic)
+            owned[topic] = None
         if changed:
             logger.info(
                 "discovery: announced %d config(s) for %s%s",
