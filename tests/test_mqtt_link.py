@@ -12,9 +12,19 @@ from typing import Any
 import aiomqtt
 import paho.mqtt.client as paho
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.config import MqttConfig
-from bridge.mqtt import MAX_BATCH, MqttLink, make_client, paho_client
+from bridge.mqtt import (
+    MAX_BATCH,
+    MqttLink,
+    frame_publish,
+    make_client,
+    paho_client,
+    raw_publish_queue,
+)
 from bridge.outbox import Message, Outbox
 from tests.conftest import Broker, collect_retained, subscriber, wait_for_retained
 
@@ -224,3 +234,103 @@ async def test_aiomqtt_still_holds_a_paho_client_for_publishing_without_awaiting
     # aiomqtt must register a socket writer with paho, or a non-awaited publish would write
     # synchronously from inside our code instead of being batched by the event loop.
     assert inner.on_socket_register_write is not None
+
+
+# --- framing QoS 0 publishes ourselves ----------------------------------------------------------
+
+
+def paho_frame(topic: str, payload: str, *, retain: bool) -> bytes:
+    """The bytes paho itself queues for a QoS 0 publish on an MQTT 3.1.1 connection."""
+    inner = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    queued: list[bytes] = []
+
+    def capture(_command: int, packet: bytes, *_args: object) -> int:
+        queued.append(bytes(packet))
+        return paho.MQTT_ERR_SUCCESS
+
+    inner._sock = object()  # type: ignore[assignment] # "connected", for _send_publish
+    inner._packet_queue = capture  # type: ignore[method-assign,assignment]
+    try:
+        inner._send_publish(0, topic.encode(), payload.encode(), 0, retain)
+    finally:
+        inner._sock = None  # paho closes its socket when collected
+    (packet,) = queued
+    return packet
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "retain"),
+    [
+        ("twc3/garage/vitals/grid_v", "230.1", True),
+        ("twc3/garage/vitals/grid_v", "", True),  # a deletion
+        ("twc3/garage/event", '{"type":"plugged_in"}', False),
+        ("homeassistant/sensor/x/config", "x" * 200, True),  # two-byte remaining length
+        ("t", "y" * 20_000, True),  # three-byte remaining length
+        ("twc3/°C/ünïcode", "Grüße", True),
+    ],
+)
+def test_our_publish_frames_are_byte_for_byte_paho_frames(
+    topic: str, payload: str, retain: bool
+) -> None:
+    assert frame_publish(topic, payload, retain=retain) == paho_frame(topic, payload, retain=retain)
+
+
+@given(
+    topic=st.text(st.characters(blacklist_characters="+#\x00", blacklist_categories=["Cs"])),
+    payload=st.text(st.characters(blacklist_categories=["Cs"])),
+    retain=st.booleans(),
+)
+def test_frames_match_paho_for_any_text(topic: str, payload: str, retain: bool) -> None:
+    ours = frame_publish(topic, payload, retain=retain)
+    if not topic:
+        assert ours is None
+    else:
+        assert ours == paho_frame(topic, payload, retain=retain)
+
+
+@pytest.mark.parametrize("topic", ["", "a/+/b", "a/#", "a\x00b", "t" * 70_000])
+def test_topics_paho_must_judge_are_not_framed_by_us(topic: str) -> None:
+    assert frame_publish(topic, "1", retain=True) is None
+
+
+def test_the_raw_queue_exists_only_for_mqtt_3_connections() -> None:
+    """The private _packet_queue of paho is still there; MQTT 5 frames differ: not used there."""
+    v311 = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    assert raw_publish_queue(v311) is not None, "paho lost _packet_queue: mqtt.py must change"
+    v5 = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    assert raw_publish_queue(v5) is None
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("raw", [True, False], ids=["framed", "paho-publish"])
+async def test_burst_arrives_framed_or_through_paho_publish(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch, raw: bool
+) -> None:
+    """Retained values go out framed by us, else through paho's publish; the same on the broker.
+
+    Framed, paho's publish is not called for them.
+    """
+    if not raw:
+        monkeypatch.setattr("bridge.mqtt.raw_publish_queue", lambda _inner: None)
+    paho_publishes = 0
+    real_publish = paho.Client.publish
+
+    def counting_publish(self: paho.Client, *args: Any, **kwargs: Any) -> paho.MQTTMessageInfo:
+        nonlocal paho_publishes
+        paho_publishes += 1
+        return real_publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(paho.Client, "publish", counting_publish)
+    expected = burst(1200)
+    outbox = Outbox()
+    for topic, payload in expected.items():
+        outbox.put(topic, payload)
+    link = link_for(broker.port, outbox)
+    async with running(link):
+        await drained(outbox)
+    messages = len(expected) + 1  # and the state topic's online
+    chunks = -(-messages // MAX_BATCH)
+    # Framed, only each chunk's barrier goes through paho's publish; and offline at the exit.
+    assert paho_publishes == (chunks if raw else messages) + 1
+    found = await collect_retained(broker.port, "test/+/+")
+    assert {t: v for t, v in found.items() if t != STATE_TOPIC} == expected
