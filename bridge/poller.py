@@ -1,7 +1,8 @@
 """One unit's polling loop: when to ask which endpoint, backoff, and debounced availability.
 
-Requests to one unit never overlap and are at least ``MIN_REQUEST_GAP_S`` apart. This is the only
-place that retries a unit: after a failure every endpoint waits for the backoff delay.
+Requests to one unit never overlap: each starts at least ``MIN_REQUEST_GAP_S`` after the previous
+one started and ``MIN_IDLE_S`` after it ended. This is the only place that retries a unit: after a
+failure every endpoint waits for the backoff delay.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from bridge.twc import TwcBadResponseError, TwcError, TwcUnreachableError
 logger = logging.getLogger(__name__)
 
 MIN_REQUEST_GAP_S: Final = 1.0
+# Counted from the start, the 1 s floor keeps a 1 s interval at 1 s however long answers take
+# (from the end, a busy bridge drifted to 1.1 s); a slow unit still gets this rest after answering.
+MIN_IDLE_S: Final = 0.25
 # Endpoints due at the same moment go in this order; version first so the serial is known early.
 _PRIORITY: Final[dict[Endpoint, int]] = {"version": 0, "vitals": 1, "lifetime": 2, "wifi_status": 3}
 
@@ -194,7 +198,9 @@ class ConnectorPoller:
             self._bad_answer(endpoint, "unexpected response: unparsable body", error)
         else:
             self._succeeded(parsed, started)
-        self._not_before = max(self._not_before, self._clock() + MIN_REQUEST_GAP_S)
+        self._not_before = max(
+            self._not_before, started + MIN_REQUEST_GAP_S, self._clock() + MIN_IDLE_S
+        )
 
     def _bad_answer(self, endpoint: Endpoint, reason: str, error: TwcError | ParseError) -> None:
         if endpoint not in self._endpoint_failing:

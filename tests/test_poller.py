@@ -12,7 +12,7 @@ from bridge.backoff import Backoff
 from bridge.config import PollingConfig
 from bridge.models import Endpoint
 from bridge.outbox import Outbox
-from bridge.poller import MIN_REQUEST_GAP_S, ConnectorPoller, IdRegistry
+from bridge.poller import MIN_IDLE_S, MIN_REQUEST_GAP_S, ConnectorPoller, IdRegistry
 from bridge.twc import TwcBadResponseError, TwcUnreachableError
 
 VITALS_IDLE = {
@@ -115,6 +115,35 @@ async def test_start_reads_version_first_then_every_endpoint_a_second_apart() ->
     ]
     times = [at for at, _ in unit.requests]
     assert all(later - earlier >= MIN_REQUEST_GAP_S for earlier, later in pairwise(times))
+
+
+@pytest.mark.parametrize(
+    ("answer_s", "period_s"),
+    [(0.05, MIN_REQUEST_GAP_S), (0.5, MIN_REQUEST_GAP_S), (2.0, 2.0 + MIN_IDLE_S)],
+)
+async def test_request_period_counts_from_the_start_and_a_slow_unit_gets_a_rest(
+    answer_s: float, period_s: float
+) -> None:
+    """The 1 s floor counts from the start of the previous request.
+
+    At a 1 s interval a unit answering in 0.5 s is still asked every 1 s, not every 1.5 s; one
+    answering in 2 s is asked again MIN_IDLE_S after its answer, never while it is answering.
+    """
+    poller, unit, time_source, _ = make_poller(vitals_s=1, vitals_idle_s=1)
+    unit.bodies["vitals"] = json.dumps(dict(VITALS_IDLE, vehicle_connected=True)).encode()
+    real_fetch = unit.fetch
+
+    async def slow_fetch(endpoint: Endpoint) -> bytes:
+        body = await real_fetch(endpoint)
+        time_source.now += answer_s - 0.05
+        return body
+
+    unit.fetch = slow_fetch  # type: ignore[method-assign]
+    await poll_until(poller, time_source, 60)
+    vitals = [at for at, endpoint in unit.requests if endpoint == "vitals"][2:]
+    gaps = [b - a for a, b in pairwise(vitals)]
+    assert len(gaps) > 10
+    assert all(gap == pytest.approx(period_s) for gap in gaps), gaps
 
 
 async def test_vitals_use_idle_interval_without_vehicle_and_fast_interval_with_one() -> None:
