@@ -141,7 +141,7 @@ class Bridge:
         self.pollers_by_id: dict[str, ConnectorPoller] = {}
         self._serial_owners: dict[str, str] = {}
         self.pollers: list[ConnectorPoller] = []
-        for connector in config.connectors:
+        for index, connector in enumerate(config.connectors):
             polling = connector.polling(config.polling)
             client = make_client(connector)
             group = config.group_of(connector.configured_id())
@@ -169,6 +169,7 @@ class Bridge:
                         connector.rated_current_a,
                         configured_role=configured_role,
                     ),
+                    start_delay_s=polling.vitals_s * index / len(config.connectors),
                 )
             )
             if (cid := connector.configured_id()) is not None:

@@ -107,6 +107,7 @@ class ConnectorPoller:
         serial_guard: Callable[[ConnectorPoller, str], bool] | None = None,
         derivation: UnitDerivation | None = None,
         wall_clock: Callable[[], float] = time.time,
+        start_delay_s: float = 0.0,
     ) -> None:
         self.label = label
         self._on_update = on_update
@@ -132,7 +133,9 @@ class ConnectorPoller:
         self._endpoint_failing: set[Endpoint] = set()
         if configured_id is not None:
             self._adopt_id(configured_id)
-        now = clock()
+        # Units of one bridge start spread over an interval, so their requests (and the work on
+        # the answers) are spread evenly instead of arriving together every interval.
+        now = clock() + start_delay_s
         self._due: dict[Endpoint, float] = dict.fromkeys(ENDPOINTS, now)
         self._not_before = now
         self.requests_made = 0

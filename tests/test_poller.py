@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 
+from bridge.app import Bridge
 from bridge.backoff import Backoff
-from bridge.config import PollingConfig
+from bridge.config import BridgeConfig, PollingConfig
 from bridge.models import Endpoint
 from bridge.outbox import Outbox
 from bridge.poller import MIN_IDLE_S, MIN_REQUEST_GAP_S, ConnectorPoller, IdRegistry
@@ -272,3 +274,44 @@ async def test_same_topic_id_claimed_twice_publishes_only_the_first_unit() -> No
     assert registry.claim("garage", "first") is None
     assert registry.claim("garage", "second") == "first"
     assert registry.claim("garage", "first") is None
+
+
+async def test_start_delay_spreads_the_first_request() -> None:
+    """A poller with a start delay makes its first request that much later, then keeps its period.
+
+    So units of one bridge do not all ask at the same moment every interval.
+    """
+    time_source = FakeTime()
+    unit = FakeUnit(time_source)
+    start = time_source.now
+    poller = ConnectorPoller(
+        label="garage",
+        configured_id="garage",
+        base_topic="twc3",
+        polling=PollingConfig(vitals_s=1, vitals_idle_s=1),
+        fetcher=unit,
+        outbox=Outbox(clock=time_source.clock),
+        registry=IdRegistry(),
+        clock=time_source.clock,
+        sleep=time_source.sleep,
+        start_delay_s=0.4,
+    )
+    for _ in range(6):
+        await poller.poll_once()
+    times = [at - start for at, _ in unit.requests]
+    assert times[0] == pytest.approx(0.4)
+    assert all(t % 1 == pytest.approx(0.4) for t in times), times
+
+
+def test_bridge_spreads_its_units_over_one_vitals_interval(tmp_path: Path) -> None:
+    config = BridgeConfig.model_validate(
+        {
+            "bridge": {"data_dir": str(tmp_path)},
+            "polling": {"vitals_s": 2},
+            "connectors": [{"host": f"192.0.2.{i}", "id": f"u{i}"} for i in range(1, 5)],
+        }
+    )
+    bridge = Bridge(config)
+    firsts = [poller.next_request()[1] for poller in bridge.pollers]
+    offsets = [b - a for a, b in pairwise(firsts)]
+    assert offsets == pytest.approx([0.5, 0.5, 0.5], abs=0.01)
