@@ -13,9 +13,18 @@ shared by all processes on Linux). The delay of a message carrying U is its arri
 subscriber minus that moment: it includes the wait until the next poll (0-1 interval), the
 HTTP request, the bridge's processing, the broker and the subscriber.
 
-The baseline does the minimum with the same libraries: per unit one :class:`~bridge.twc.TwcClient`
-GETs ``/api/1/vitals`` every interval, ``json.loads`` the body and puts it, once, into an
-:class:`~bridge.outbox.Outbox` that an :class:`~bridge.mqtt.MqttLink` publishes.
+Two baselines run in the same process after the bridge, each doing the minimum per poll (GET
+``/api/1/vitals``, ``json.loads``, publish the body once):
+
+* **bare** (:mod:`bridge.baseline`): httpx's ``AsyncClient.get`` and an awaited aiomqtt publish,
+  the libraries used as the shortest script would (the issue's yardstick);
+* **matched**: the bridge's own :class:`~bridge.twc.TwcClient` and :class:`~bridge.mqtt.MqttLink`,
+  so its ratio shows only the bridge's own work (parsing, derived values, one topic per field,
+  discovery) on top of the same I/O.
+
+Everything runs under a base topic and discovery prefix of its own (``twc3-bench-<pid>``), and the
+retained topics the run created are deleted at the end, so a bench against a live broker leaves
+Home Assistant and other runs alone.
 """
 
 from __future__ import annotations
@@ -27,7 +36,9 @@ import json
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import resource
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,6 +46,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bridge.app import Bridge
+from bridge.baseline import run_bare
 from bridge.config import (
     BridgeConfig,
     BridgeSection,
@@ -44,14 +56,18 @@ from bridge.config import (
     PollingConfig,
 )
 from bridge.models import ENDPOINTS, Endpoint
-from bridge.mqtt import MqttLink, MqttUnavailableError, subscribe
+from bridge.mqtt import MqttLink, MqttUnavailableError, delete_retained, subscribe
 from bridge.outbox import Message, Outbox
 from bridge.twc import TwcClient, TwcError
 
 LONG_INTERVAL_S: Final = 3600.0
 CHILD_START_TIMEOUT_S: Final = 120.0
-BASE_TOPIC: Final = "twc3"
-SUBSCRIBER_ID: Final = "twc3-bench-subscriber"
+BASELINE_WARMUP_S: Final = 3.0
+# Per process: two benches on one broker must not share topics or client ids.
+RUN_ID: Final = f"twc3-bench-{os.getpid()}"
+BASE_TOPIC: Final = RUN_ID
+DISCOVERY_PREFIX: Final = f"{RUN_ID}-homeassistant"
+BASELINES: Final = ("bare", "matched")
 
 
 # ---- child processes -------------------------------------------------------------------------
@@ -100,12 +116,12 @@ def _simulator_child(conn: multiprocessing.connection.Connection, units: int) ->
 
 
 async def _subscriber_main(
-    conn: multiprocessing.connection.Connection, host: str, port: int
+    conn: multiprocessing.connection.Connection, host: str, port: int, base_topic: str
 ) -> None:
     records: list[tuple[float, str, bytes]] = []
     config = MqttConfig(host=host, port=port)
     async with subscribe(
-        config, [f"{BASE_TOPIC}/+/vitals/uptime_s"], identifier=SUBSCRIBER_ID
+        config, [f"{base_topic}/+/vitals/uptime_s"], identifier=f"{base_topic}-subscriber"
     ) as subscription:
 
         async def collect() -> None:
@@ -125,8 +141,10 @@ async def _subscriber_main(
     conn.send(records)
 
 
-def _subscriber_child(conn: multiprocessing.connection.Connection, host: str, port: int) -> None:
-    asyncio.run(_subscriber_main(conn, host, port))
+def _subscriber_child(
+    conn: multiprocessing.connection.Connection, host: str, port: int, base_topic: str
+) -> None:
+    asyncio.run(_subscriber_main(conn, host, port, base_topic))
 
 
 class _Child:
@@ -234,8 +252,8 @@ def _bridge_config(
 ) -> BridgeConfig:
     return BridgeConfig(
         bridge=BridgeSection(data_dir=data_dir),
-        mqtt=MqttConfig(host=host, port=port, base_topic=BASE_TOPIC, client_id="twc3-bench"),
-        homeassistant=HomeAssistantConfig(discovery=discovery),
+        mqtt=MqttConfig(host=host, port=port, base_topic=BASE_TOPIC, client_id=RUN_ID),
+        homeassistant=HomeAssistantConfig(discovery=discovery, discovery_prefix=DISCOVERY_PREFIX),
         polling=PollingConfig(
             vitals_s=interval,
             vitals_idle_s=interval,
@@ -252,7 +270,7 @@ def _bridge_config(
 
 async def _measure_bridge(
     config: BridgeConfig, seconds: float, warmup_max_s: float
-) -> tuple[dict[str, float], float, float]:
+) -> tuple[dict[str, float], float, float, list[str]]:
     counts = {"vitals": 0, "sent": 0, "errors": 0}
     bridge = Bridge(config, client_factory=lambda c: _CountingClient(c.base_url, counts))
     _count_sent(bridge.outbox, counts)
@@ -269,25 +287,25 @@ async def _measure_bridge(
     end = _Window.now(counts)
     stop.set()
     await task
-    return _figures(start, end), start.wall, end.wall
+    created = [*bridge.outbox.retained_topics(), bridge.state_topic]
+    return _figures(start, end), start.wall, end.wall, created
 
 
-async def _measure_baseline(
+async def _measure_matched_baseline(
     urls: list[str], host: str, port: int, interval: float, seconds: float
-) -> dict[str, float]:
+) -> tuple[dict[str, float], list[str]]:
     counts = {"vitals": 0, "sent": 0, "errors": 0}
     outbox = Outbox()
     _count_sent(outbox, counts)
+    prefix = f"{RUN_ID}-matched"
     link = MqttLink(
-        MqttConfig(host=host, port=port, client_id="twc3-bench-baseline"),
-        outbox,
-        state_topic="twc3-bench-baseline/state",
+        MqttConfig(host=host, port=port, client_id=prefix), outbox, state_topic=f"{prefix}/state"
     )
     clients = [TwcClient(url) for url in urls]
     stop = asyncio.Event()
 
     async def poll(index: int, client: TwcClient) -> None:
-        topic = f"twc3-bench-baseline/{index}/vitals"
+        topic = f"{prefix}/{index}/vitals"
         await asyncio.sleep(interval * index / len(clients))
         while True:
             started = time.monotonic()
@@ -303,7 +321,7 @@ async def _measure_baseline(
 
     link_task = asyncio.create_task(link.run(stop))
     pollers = [asyncio.create_task(poll(i, c)) for i, c in enumerate(clients)]
-    await asyncio.sleep(3.0)
+    await asyncio.sleep(BASELINE_WARMUP_S)
     start = _Window.now(counts)
     await asyncio.sleep(seconds)
     end = _Window.now(counts)
@@ -314,7 +332,32 @@ async def _measure_baseline(
     await link_task
     for client in clients:
         await client.aclose()
-    return _figures(start, end)
+    return _figures(start, end), [*outbox.retained_topics(), f"{prefix}/state"]
+
+
+async def _measure_bare_baseline(
+    urls: list[str], host: str, port: int, interval: float, seconds: float
+) -> tuple[dict[str, float], list[str]]:
+    counts = {"vitals": 0, "sent": 0, "errors": 0}
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_bare(
+            urls,
+            host=host,
+            port=port,
+            interval=interval,
+            identifier=f"{RUN_ID}-bare",
+            counts=counts,
+            stop=stop,
+        )
+    )
+    await asyncio.sleep(BASELINE_WARMUP_S)
+    start = _Window.now(counts)
+    await asyncio.sleep(seconds)
+    end = _Window.now(counts)
+    stop.set()
+    await task
+    return _figures(start, end), []  # it publishes nothing retained
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -348,16 +391,18 @@ async def run_bench(
     interval: float = 1.0,
     discovery: str = "entity",
     warmup_max_s: float = 60.0,
-    baseline: bool = True,
+    baselines: tuple[str, ...] = BASELINES,
 ) -> dict[str, Any]:
-    """Run the bridge, then the baseline, against ``units`` simulated units; return the figures."""
+    """Run the bridge, then each baseline, against ``units`` simulated units; return the figures."""
     simulator = _Child(_simulator_child, units)
     subscriber: _Child | None = None
+    created: list[str] = []
     try:
         unit_ticks: list[tuple[str, float]] = simulator.receive()
         urls = [url for url, _ in unit_ticks]
         ticks = {f"bench{i:04d}": tick for i, (_, tick) in enumerate(unit_ticks, start=1)}
-        subscriber = _Child(_subscriber_child, host, port)
+        # Passed on: the child's own RUN_ID would carry its own process id.
+        subscriber = _Child(_subscriber_child, host, port, BASE_TOPIC)
         subscriber.receive()
         with tempfile.TemporaryDirectory(prefix="twc3-bench-") as data_dir:
             config = _bridge_config(
@@ -368,7 +413,7 @@ async def run_bench(
                 data_dir=Path(data_dir),
                 discovery=discovery,
             )
-            bridge, start, end = await _measure_bridge(config, seconds, warmup_max_s)
+            bridge, start, end, created = await _measure_bridge(config, seconds, warmup_max_s)
         bridge["peak_rss_mb"] = _rss_mb()
         subscriber.conn.send("stop")
         records: list[tuple[float, str, bytes]] = subscriber.receive()
@@ -385,48 +430,73 @@ async def run_bench(
             "broker": f"{host}:{port}",
             "bridge": bridge,
         }
-        if baseline:
-            base = await _measure_baseline(urls, host, port, interval, seconds)
-            base["peak_rss_mb_process"] = _rss_mb()
-            result["baseline"] = base
-            if base["polls"] and bridge["polls"]:
-                result["cpu_per_poll_ratio"] = round(
-                    bridge["cpu_ms_per_poll"] / base["cpu_ms_per_poll"], 2
+        measure = {"bare": _measure_bare_baseline, "matched": _measure_matched_baseline}
+        for name in baselines:
+            figures, topics = await measure[name](urls, host, port, interval, seconds)
+            created += topics
+            result[f"baseline_{name}"] = figures
+            if figures["polls"] and bridge["polls"]:
+                result[f"cpu_per_poll_ratio_{name}"] = round(
+                    bridge["cpu_ms_per_poll"] / figures["cpu_ms_per_poll"], 2
                 )
         return result
     finally:
         if subscriber is not None:
             subscriber.stop()
         simulator.stop()
+        if created:
+            await _clean_up(host, port, created)
+
+
+async def _clean_up(host: str, port: int, topics: list[str]) -> None:
+    """Delete the retained topics the run created; a broker gone by now only gets a warning."""
+    config = MqttConfig(host=host, port=port)
+    try:
+        await delete_retained(config, sorted(set(topics)), identifier=f"{RUN_ID}-cleanup")
+    except MqttUnavailableError as error:
+        logging.getLogger(__name__).warning(
+            "bench: could not delete its %d retained topics: %s", len(set(topics)), error
+        )
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The figures as a small text table."""
+    """The figures as a small text table: the bridge, then each baseline that ran."""
     bridge = result["bridge"]
-    base = result.get("baseline")
-    rows = [
-        ("units / interval", f"{result['units']} / {result['interval_s']} s", ""),
-        ("window", f"{bridge['window_s']} s", f"{base['window_s']} s" if base else ""),
-        ("polls/s (vitals)", bridge["polls_per_s"], base["polls_per_s"] if base else ""),
-        ("CPU %", bridge["cpu_percent"], base["cpu_percent"] if base else ""),
-        (
-            "CPU s / 1000 polls",
-            bridge["cpu_s_per_1000_polls"],
-            base["cpu_s_per_1000_polls"] if base else "",
-        ),
-        ("MQTT msgs/s", bridge["mqtt_msgs_per_s"], base["mqtt_msgs_per_s"] if base else ""),
-        ("HTTP errors", bridge["http_errors"], base["http_errors"] if base else ""),
-        ("peak RSS MB", bridge["peak_rss_mb"], ""),
-        ("change→message p50 s", bridge["change_to_message_p50_s"], ""),
-        ("change→message p99 s", bridge["change_to_message_p99_s"], ""),
-        ("latency samples", bridge["latency_samples"], ""),
+    names = [name for name in BASELINES if f"baseline_{name}" in result]
+    columns = [bridge, *(result[f"baseline_{name}"] for name in names)]
+
+    def row(label: str, key: str, unit: str = "") -> str:
+        cells = [f"{column[key]!s}{unit}" if key in column else "" for column in columns]
+        return f"{label:26}" + "".join(f"{cell:>14}" for cell in cells)
+
+    lines = [f"{'':26}" + "".join(f"{h:>14}" for h in ["bridge", *(f"{n} base" for n in names)])]
+    lines.append(f"{'units / interval':26}{result['units']:>14} / {result['interval_s']} s")
+    lines += [
+        row("window", "window_s", " s"),
+        row("polls/s (vitals)", "polls_per_s"),
+        row("CPU % of one core", "cpu_percent"),
+        row("CPU s / 1000 polls", "cpu_s_per_1000_polls"),
+        row("MQTT msgs/s", "mqtt_msgs_per_s"),
+        row("HTTP errors", "http_errors"),
+        row("peak RSS MB", "peak_rss_mb"),
+        row("change->message p50 s", "change_to_message_p50_s"),
+        row("change->message p99 s", "change_to_message_p99_s"),
+        row("latency samples", "latency_samples"),
     ]
-    lines = [f"{'':24} {'bridge':>14} {'baseline':>14}"]
-    lines += [f"{name:24} {a!s:>14} {b!s:>14}" for name, a, b in rows]
-    if "cpu_per_poll_ratio" in result:
-        lines.append(f"{'CPU per poll bridge/base':24} {result['cpu_per_poll_ratio']!s:>14}")
+    for name in names:
+        ratio = result.get(f"cpu_per_poll_ratio_{name}", "n/a")
+        lines.append(f"{f'CPU per poll / {name}':26}{ratio!s:>14}")
     lines.append(f"discovery: {result['discovery']}, broker {result['broker']}")
     return "\n".join(lines)
+
+
+async def _broker_reachable(host: str, port: int) -> str | None:
+    """``None`` if the broker takes a connection, else the one-line reason."""
+    try:
+        async with subscribe(MqttConfig(host=host, port=port), [], identifier=f"{RUN_ID}-check"):
+            return None
+    except MqttUnavailableError as error:
+        return str(error)
 
 
 def bench_main(
@@ -438,9 +508,14 @@ def bench_main(
     interval: float,
     json_path: Path | None,
     discovery: str,
+    baselines: tuple[str, ...] = BASELINES,
 ) -> int:
     """Run the benchmark, print the table, optionally write the JSON; returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    problem = asyncio.run(_broker_reachable(host, port))
+    if problem is not None:
+        print(f"error: cannot use the broker {host}:{port}: {problem}", file=sys.stderr)  # noqa: T201
+        return 1
     result = asyncio.run(
         run_bench(
             units=units,
@@ -449,6 +524,7 @@ def bench_main(
             port=port,
             interval=interval,
             discovery=discovery,
+            baselines=baselines,
         )
     )
     print(format_table(result))  # noqa: T201 - the command's output

@@ -197,6 +197,14 @@ def _broker_address(text: str) -> tuple[str, int]:
     return host, _port_number(port)
 
 
+BENCH_BASELINES: dict[str, tuple[str, ...]] = {
+    "both": ("bare", "matched"),
+    "bare": ("bare",),
+    "matched": ("matched",),
+    "none": (),
+}
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure the bridge against simulated units and a bare baseline."""
     from bridge.bench import bench_main  # noqa: PLC0415 - the benchmark is optional
@@ -213,6 +221,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         interval=args.interval,
         json_path=Path(args.json) if args.json else None,
         discovery=args.discovery,
+        baselines=BENCH_BASELINES[args.baseline],
     )
 
 
@@ -305,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["entity", "device", "off"],
         default="entity",
         help="Home Assistant discovery mode of the measured bridge (default entity)",
+    )
+    bench.add_argument(
+        "--baseline",
+        choices=list(BENCH_BASELINES),
+        default="both",
+        help="baselines to measure after the bridge: bare (httpx and aiomqtt used directly), "
+        "matched (the bridge's own HTTP client and MQTT link), both (default) or none",
     )
     bench.set_defaults(handler=cmd_bench)
     return parser

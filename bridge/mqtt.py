@@ -365,6 +365,22 @@ class MqttLink:
             logger.info("MQTT: published %s=offline; disconnecting", self.state_topic)
 
 
+async def delete_retained(config: MqttConfig, topics: Sequence[str], identifier: str) -> None:
+    """Remove ``topics`` from the broker (an empty retained payload each), confirmed in chunks.
+
+    Raises:
+        MqttUnavailableError: the broker cannot be reached or dropped the connection.
+    """
+    messages = [Message(topic, "") for topic in topics]
+    try:
+        async with make_client(config, identifier) as client:
+            _send_without_delay(client)
+            for start in range(0, len(messages), MAX_BATCH):
+                await MqttLink._publish_chunk(client, messages[start : start + MAX_BATCH])  # noqa: SLF001 - the same chunked publishing, one module
+    except (aiomqtt.MqttError, OSError) as error:
+        raise MqttUnavailableError(describe_mqtt_error(error)) from None
+
+
 class MqttUnavailableError(Exception):
     """The broker cannot be reached, refused us, or the connection dropped (one-line message)."""
 

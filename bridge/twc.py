@@ -220,6 +220,11 @@ class _AiohttpTransport(httpx.AsyncBaseTransport):
             await session.close()
 
 
+def aiohttp_transport(source_address: str | None = None) -> httpx.AsyncBaseTransport:
+    """The transport :class:`TwcClient` uses by default (also for the benchmark's baseline)."""
+    return _AiohttpTransport(source_address=source_address)
+
+
 class TwcClient:
     """Reads one unit's endpoints over its own single connection.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import subprocess
@@ -10,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Broker
+from tests.conftest import Broker, collect_retained
 
 pytestmark = pytest.mark.broker
 
 
-def test_bench_reports_every_figure(broker: Broker, tmp_path: Path) -> None:
+def test_bench_reports_every_figure_and_leaves_no_retained_topic(
+    broker: Broker, tmp_path: Path
+) -> None:
     out = tmp_path / "bench.json"
     completed = subprocess.run(
         [
@@ -40,16 +43,49 @@ def test_bench_reports_every_figure(broker: Broker, tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr
     assert "polls/s" in completed.stdout
     result = json.loads(out.read_text())
-    bridge, base = result["bridge"], result["baseline"]
+    bridge = result["bridge"]
     assert result["units"] == 3
     assert bridge["polls_per_s"] > 0
-    assert base["polls_per_s"] > 0
+    for name in ("bare", "matched"):
+        base = result[f"baseline_{name}"]
+        assert base["polls_per_s"] > 0
+        assert base["mqtt_msgs"] == base["polls"]  # one message per poll
+        assert base["http_errors"] == 0
+        assert result[f"cpu_per_poll_ratio_{name}"] == pytest.approx(
+            bridge["cpu_ms_per_poll"] / base["cpu_ms_per_poll"], rel=0.02
+        )
+    assert "CPU per poll / bare" in completed.stdout
     assert bridge["mqtt_msgs_per_s"] > 0
     assert bridge["peak_rss_mb"] > 0
     assert bridge["cpu_s_per_1000_polls"] > 0
-    assert result["cpu_per_poll_ratio"] > 0
     assert bridge["http_errors"] == 0
     assert bridge["latency_samples"] > 0
     p50, p99 = bridge["change_to_message_p50_s"], bridge["change_to_message_p99_s"]
     assert math.isfinite(p99)
     assert 0 <= p50 <= p99 < 5
+    # Its own base topic and discovery prefix, deleted at the end: nothing stays retained.
+    assert asyncio.run(collect_retained(broker.port, "#")) == {}
+
+
+def test_bench_with_no_broker_says_so_in_one_line() -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from bridge.cli import main; sys.exit(main(sys.argv[1:]))",
+            "bench",
+            "--units",
+            "1",
+            "--seconds",
+            "1",
+            "--broker",
+            "127.0.0.1:1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 1
+    (line,) = completed.stderr.strip().splitlines()
+    assert line.startswith("error: cannot use the broker 127.0.0.1:1")
