@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.app import Bridge
+from bridge.app import START_SLOTS, Bridge
 from bridge.backoff import Backoff
 from bridge.config import BridgeConfig, PollingConfig
 from bridge.models import Endpoint
@@ -303,15 +303,21 @@ async def test_start_delay_spreads_the_first_request() -> None:
     assert all(t % 1 == pytest.approx(0.4) for t in times), times
 
 
-def test_bridge_spreads_its_units_over_one_vitals_interval(tmp_path: Path) -> None:
+def test_bridge_spreads_its_units_over_one_vitals_interval_in_slots(tmp_path: Path) -> None:
+    """Units start in START_SLOTS groups a tenth of the vitals interval apart."""
     config = BridgeConfig.model_validate(
         {
             "bridge": {"data_dir": str(tmp_path)},
             "polling": {"vitals_s": 2},
-            "connectors": [{"host": f"192.0.2.{i}", "id": f"u{i}"} for i in range(1, 5)],
+            "connectors": [
+                {"host": f"192.0.2.{i}", "id": f"u{i}"} for i in range(1, 2 * START_SLOTS + 2)
+            ],
         }
     )
     bridge = Bridge(config)
-    firsts = [poller.next_request()[1] for poller in bridge.pollers]
-    offsets = [b - a for a, b in pairwise(firsts)]
-    assert offsets == pytest.approx([0.5, 0.5, 0.5], abs=0.01)
+    firsts = [
+        poller.next_request()[1] - bridge.pollers[0].next_request()[1] for poller in bridge.pollers
+    ]
+    slot = 2 / START_SLOTS
+    assert firsts[:START_SLOTS] == pytest.approx([i * slot for i in range(START_SLOTS)], abs=0.01)
+    assert firsts[START_SLOTS:] == pytest.approx(firsts[: START_SLOTS + 1], abs=0.01)
