@@ -29,9 +29,11 @@ async def run_bare(
     identifier: str,
     counts: dict[str, int],
     stop: asyncio.Event,
+    slots: int,
 ) -> None:
     """Poll every unit each ``interval`` until ``stop`` is set, counting into ``counts``.
 
+    Units start in ``slots`` groups spread over the interval, as the bridge's do.
     ``counts`` gets ``vitals`` (bodies read), ``sent`` (publishes done) and ``errors``.
     """
     loop = asyncio.get_running_loop()
@@ -44,7 +46,7 @@ async def run_bare(
         ]
 
         async def poll(index: int, client: httpx.AsyncClient) -> None:
-            next_at = loop.time() + interval * index / len(clients)
+            next_at = loop.time() + interval * (index % slots) / slots
             while not stop.is_set():
                 await asyncio.sleep(max(0.0, next_at - loop.time()))
                 next_at += interval

@@ -14,7 +14,8 @@ subscriber minus that moment: it includes the wait until the next poll (0-1 inte
 HTTP request, the bridge's processing, the broker and the subscriber.
 
 Two baselines run in the same process after the bridge, each doing the minimum per poll (GET
-``/api/1/vitals``, ``json.loads``, publish the body once):
+``/api/1/vitals``, ``json.loads``, publish the body once), on the bridge's schedule (units start
+in ``START_SLOTS`` groups over the interval: waking an idle process costs more than a poll):
 
 * **bare** (:mod:`bridge.baseline`): httpx's ``AsyncClient.get`` and an awaited aiomqtt publish,
   the libraries used as the shortest script would (the issue's yardstick);
@@ -45,7 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from bridge.app import Bridge
+from bridge.app import START_SLOTS, Bridge
 from bridge.baseline import run_bare
 from bridge.config import (
     BridgeConfig,
@@ -306,7 +307,7 @@ async def _measure_matched_baseline(
 
     async def poll(index: int, client: TwcClient) -> None:
         topic = f"{prefix}/{index}/vitals"
-        await asyncio.sleep(interval * index / len(clients))
+        await asyncio.sleep(interval * (index % START_SLOTS) / START_SLOTS)  # as the bridge
         while True:
             started = time.monotonic()
             try:
@@ -349,6 +350,7 @@ async def _measure_bare_baseline(
             identifier=f"{RUN_ID}-bare",
             counts=counts,
             stop=stop,
+            slots=START_SLOTS,
         )
     )
     await asyncio.sleep(BASELINE_WARMUP_S)
