@@ -28,6 +28,9 @@ PUBLISH_TIMEOUT_S: Final = 10.0
 # Messages handed to paho per chunk before one awaited QoS 1 publish confirms them all. It bounds
 # what sits in paho's send queue (and what a broker outage can leave unconfirmed) to one chunk.
 MAX_BATCH: Final = 500
+# Retained values handed to paho are confirmed by a barrier at least this often (and at least every
+# MAX_BATCH messages); a lost connection loses nothing unconfirmed: all is republished on reconnect.
+CONFIRM_EVERY_S: Final = 1.0
 SHUTDOWN_PUBLISH_TIMEOUT_S: Final = 3.0
 ONLINE: Final = "online"
 OFFLINE: Final = "offline"
@@ -172,13 +175,15 @@ def describe_mqtt_error(error: BaseException) -> str:
 class MqttLink:
     """Keeps one broker connection alive and publishes everything the outbox holds.
 
-    The outbox is published in chunks of up to ``MAX_BATCH`` messages. All but the last of a chunk
-    go to paho without waiting: retained state (and deletions) at QoS 0, events at QoS 1. The last
-    one is an awaited QoS 1 publish, a barrier: MQTT keeps order on one connection, so its PUBACK
-    means the broker has everything before it, and only then is the chunk marked sent. So retained
-    state is QoS 0 on the wire but confirmed per chunk; whatever was not confirmed stays pending
-    and is sent again after a reconnect (``republish_all``), so nothing is lost. Events are
-    at-least-once: one may arrive twice after a reconnect.
+    The outbox is published in chunks of up to ``MAX_BATCH`` messages, handed to paho without
+    waiting: retained state (and deletions) at QoS 0, events at QoS 1. Now and then the last
+    message of a chunk is instead an awaited QoS 1 publish, a barrier: MQTT keeps order on one
+    connection, so its PUBACK means the broker has everything before it. A barrier ends every chunk
+    holding events (they are marked sent only once confirmed: at-least-once, one may arrive twice
+    after a reconnect), every ``MAX_BATCH`` messages (which bounds paho's queue) and at least every
+    ``CONFIRM_EVERY_S`` (which feeds ``last_delivery``). Retained state is marked sent when handed
+    over: if the connection drops first, the reconnect republishes every retained topic anyway
+    (``republish_all``), so nothing is lost, and a poll costs no round trip to the broker.
     """
 
     def __init__(
@@ -193,8 +198,10 @@ class MqttLink:
         backoff: Backoff | None = None,
         republish_first: str | None = None,
         shutdown_messages: tuple[tuple[str, str], ...] = (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self._clock = clock
         self.outbox = outbox
         self.state_topic = state_topic
         # Retained (topic, payload) pairs published on a clean exit, before ``offline``.
@@ -292,14 +299,24 @@ class MqttLink:
                 logger.exception("MQTT: handling a message on %s failed", message.topic)
 
     async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        unconfirmed = 0
+        confirmed_at = float("-inf")  # the first chunk after connecting is confirmed
         while True:
             batch = self.outbox.pending()
             for start in range(0, len(batch), MAX_BATCH):
                 chunk = batch[start : start + MAX_BATCH]
-                await self._publish_chunk(client, chunk)
+                unconfirmed += len(chunk)
+                confirm = (
+                    unconfirmed >= MAX_BATCH
+                    or self._clock() - confirmed_at >= CONFIRM_EVERY_S
+                    or any(not message.retain for message in chunk)
+                )
+                await self._publish_chunk(client, chunk, confirm=confirm)
                 for message in chunk:
                     self.outbox.mark_sent(message)
-                self.last_delivery = time.monotonic()
+                if confirm:
+                    unconfirmed = 0
+                    confirmed_at = self.last_delivery = self._clock()
             wait_outbox = asyncio.ensure_future(self.outbox.wait())
             wait_stop = asyncio.ensure_future(stop.wait())
             try:
@@ -312,13 +329,15 @@ class MqttLink:
                 raise _ShutdownRequestedError
 
     @staticmethod
-    async def _publish_chunk(client: aiomqtt.Client, chunk: Sequence[Message]) -> None:
-        """Publish ``chunk`` in order; return once the broker has received all of it.
+    async def _publish_chunk(
+        client: aiomqtt.Client, chunk: Sequence[Message], *, confirm: bool = True
+    ) -> None:
+        """Publish ``chunk`` in order; with ``confirm``, return once the broker has all of it.
 
         Raises:
             aiomqtt.MqttError: paho refused a message, or the barrier was not acknowledged in time.
         """
-        *rest, last = chunk
+        rest, last = (chunk[:-1], chunk[-1]) if confirm else (chunk, None)
         inner = paho_client(client)
         queue_raw = raw_publish_queue(inner)
         framed: list[bytes] = []
@@ -341,13 +360,14 @@ class MqttLink:
                 raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
         if framed and queue_raw is not None:
             queue_raw(b"".join(framed))
-        await client.publish(
-            last.topic,
-            last.payload.encode("utf-8"),
-            qos=1,
-            retain=last.retain,
-            timeout=PUBLISH_TIMEOUT_S,
-        )
+        if last is not None:
+            await client.publish(
+                last.topic,
+                last.payload.encode("utf-8"),
+                qos=1,
+                retain=last.retain,
+                timeout=PUBLISH_TIMEOUT_S,
+            )
 
     async def _say_goodbye(self, client: aiomqtt.Client) -> None:
         # A clean DISCONNECT suppresses the Will, so say offline ourselves.

@@ -18,6 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bridge.config import MqttConfig
 from bridge.mqtt import (
+    CONFIRM_EVERY_S,
     MAX_BATCH,
     MqttLink,
     frame_publish,
@@ -210,6 +211,38 @@ async def test_broker_killed_mid_burst_unconfirmed_chunk_stays_pending_then_all_
     assert found == want
 
 
+@pytest.mark.broker
+async def test_small_chunks_share_a_barrier_but_events_and_time_force_one(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poll's few retained values cost no round trip; events and a second's wait do."""
+    outbox = Outbox()
+    link = link_for(broker.port, outbox)
+    clock = [0.0]
+    link._clock = lambda: clock[0]
+    async with running(link):
+        await drained(outbox)
+        clock[0] = 1000.0
+        barriers = Barriers(monkeypatch)
+        outbox.put("test/a", "1")  # the last barrier was at 0.0, long ago
+        await drained(outbox)
+        assert barriers.calls == 1
+        for value in range(2, 12):
+            outbox.put("test/a", str(value))
+            await drained(outbox)
+        assert barriers.calls == 1  # ten chunks within a second: handed over, not awaited
+        outbox.event("test/events", "plugged_in")
+        await drained(outbox)
+        assert barriers.calls == 2  # an event is confirmed before it counts as sent
+        clock[0] += CONFIRM_EVERY_S
+        outbox.put("test/a", "last")
+        await drained(outbox)
+        assert barriers.calls == 3
+        assert link.last_delivery == clock[0]
+        found = await collect_retained(broker.port, "test/a")
+    assert found == {"test/a": "last"}
+
+
 async def test_a_message_paho_refuses_raises_mqtt_error_before_the_barrier(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -321,6 +354,7 @@ async def test_burst_arrives_framed_or_through_paho_publish(
         return real_publish(self, *args, **kwargs)
 
     monkeypatch.setattr(paho.Client, "publish", counting_publish)
+    barriers = Barriers(monkeypatch)  # every awaited publish: barriers, and offline at the exit
     expected = burst(1200)
     outbox = Outbox()
     for topic, payload in expected.items():
@@ -329,8 +363,8 @@ async def test_burst_arrives_framed_or_through_paho_publish(
     async with running(link):
         await drained(outbox)
     messages = len(expected) + 1  # and the state topic's online
-    chunks = -(-messages // MAX_BATCH)
-    # Framed, only each chunk's barrier goes through paho's publish; and offline at the exit.
-    assert paho_publishes == (chunks if raw else messages) + 1
+    # Framed, only the awaited publishes go through paho's publish.
+    assert barriers.calls >= 2
+    assert paho_publishes == (barriers.calls if raw else messages + 1)
     found = await collect_retained(broker.port, "test/+/+")
     assert {t: v for t, v in found.items() if t != STATE_TOPIC} == expected
