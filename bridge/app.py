@@ -348,7 +348,8 @@ class Bridge:
             await asyncio.sleep(STATE_FLUSH_INTERVAL_S)
             self.state_file.flush()
             # Pollers skip unchanged values, so the outbox refreshes them (README: 5 minutes).
-            self.outbox.refresh_stale()
+            # Not the discovery configs: those are sent again when Home Assistant restarts.
+            self.outbox.refresh_stale(prefix=f"{self.config.mqtt.base_topic}/")
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == self.site.status_topic and payload.strip() == b"online":

@@ -84,8 +84,8 @@ class Outbox:
         """Every topic currently held."""
         return list(self._retained)
 
-    def refresh_stale(self) -> int:
-        """Mark for publishing every retained topic last sent ``refresh_s`` ago or longer.
+    def refresh_stale(self, prefix: str = "") -> int:
+        """Mark for publishing every retained topic under ``prefix`` last sent ``refresh_s`` ago.
 
         Producers may then skip putting values they know are unchanged; this keeps the promise
         that every topic is sent again at least every ``refresh_s``. Returns how many were marked.
@@ -94,7 +94,10 @@ class Outbox:
         stale = [
             topic
             for topic, sent in self._sent_at.items()
-            if sent <= oldest and topic not in self._dirty and topic in self._retained
+            if sent <= oldest
+            and topic.startswith(prefix)
+            and topic not in self._dirty
+            and topic in self._retained
         ]
         self._dirty.update(dict.fromkeys(stale))
         if stale:

@@ -84,7 +84,6 @@ class StateFile:
         """
         if not self._dirty or self._data is None:
             return True
-        text = json.dumps(self._data, indent=1, sort_keys=True, ensure_ascii=False)
         temporary: str | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +91,8 @@ class StateFile:
                 prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
             )
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                handle.write(text)
+                # Streamed: the whole text at once would take ~3x the file's size in memory.
+                json.dump(self._data, handle, indent=1, sort_keys=True, ensure_ascii=False)
                 handle.flush()
                 os.fsync(handle.fileno())
             Path(temporary).replace(self.path)

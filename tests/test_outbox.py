@@ -120,6 +120,16 @@ def test_refresh_stale_marks_only_topics_sent_long_ago() -> None:
     }
 
 
+def test_refresh_stale_keeps_to_its_prefix() -> None:
+    outbox, clock = _outbox()
+    outbox.put("twc3/garage/vitals/grid_v", "230")
+    outbox.put("homeassistant/sensor/x/config", "{}")
+    _send_all(outbox)
+    clock.advance(REFRESH_S)
+    assert outbox.refresh_stale(prefix="twc3/") == 1
+    assert outbox.pending() == [Message("twc3/garage/vitals/grid_v", "230")]
+
+
 def test_refresh_interval_is_configurable() -> None:
     """A custom refresh_s is honoured."""
     outbox, clock = _outbox(refresh_s=10)
