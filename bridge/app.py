@@ -199,6 +199,7 @@ class Bridge:
             on_message=self._on_message,
             republish_first=f"{ha.discovery_prefix}/",
             shutdown_messages=tuple(self.homie.shutdown_messages()) if self.homie else (),
+            qos1_prefixes=(f"{config.homie.base_topic}/",) if self.homie else (),
         )
 
     def _update_hook(self, connector: ConnectorConfig) -> Callable[[ConnectorPoller], None]:

@@ -202,9 +202,12 @@ class MqttLink:
         republish_first: str | None = None,
         shutdown_messages: tuple[tuple[str, str], ...] = (),
         clock: Callable[[], float] = time.monotonic,
+        qos1_prefixes: tuple[str, ...] = (),
     ) -> None:
         self.config = config
         self._clock = clock
+        # Retained topics under these go out at QoS 1 too (Homie requires it).
+        self._qos1_prefixes = qos1_prefixes
         self.outbox = outbox
         self.state_topic = state_topic
         # Retained (topic, payload) pairs published on a clean exit, before ``offline``.
@@ -314,7 +317,9 @@ class MqttLink:
                     or self._clock() - confirmed_at >= CONFIRM_EVERY_S
                     or any(not message.retain for message in chunk)
                 )
-                await self._publish_chunk(client, chunk, confirm=confirm)
+                await self._publish_chunk(
+                    client, chunk, confirm=confirm, qos1_prefixes=self._qos1_prefixes
+                )
                 for message in chunk:
                     self.outbox.mark_sent(message)
                 if confirm:
@@ -333,7 +338,11 @@ class MqttLink:
 
     @staticmethod
     async def _publish_chunk(
-        client: aiomqtt.Client, chunk: Sequence[Message], *, confirm: bool = True
+        client: aiomqtt.Client,
+        chunk: Sequence[Message],
+        *,
+        confirm: bool = True,
+        qos1_prefixes: tuple[str, ...] = (),
     ) -> None:
         """Publish ``chunk`` in order; with ``confirm``, return once the broker has all of it.
 
@@ -345,7 +354,8 @@ class MqttLink:
         queue_raw = raw_publish_queue(inner)
         framed: list[bytes] = []
         for message in rest:
-            if message.retain and queue_raw is not None:
+            qos = 0 if message.retain and not message.topic.startswith(qos1_prefixes) else 1
+            if qos == 0 and queue_raw is not None:
                 packet = frame_publish(message.topic, message.payload, retain=True)
                 if packet is not None:
                     framed.append(packet)
@@ -356,7 +366,7 @@ class MqttLink:
             info = inner.publish(
                 message.topic,
                 message.payload.encode("utf-8"),
-                qos=0 if message.retain else 1,
+                qos=qos,
                 retain=message.retain,
             )
             if info.rc != paho.MQTT_ERR_SUCCESS:

@@ -365,3 +365,21 @@ async def test_burst_arrives_framed_or_through_paho_publish(
     assert paho_publishes == (barriers.calls if raw else messages + 1)
     found = await collect_retained(broker.port, "test/+/+")
     assert {t: v for t, v in found.items() if t != STATE_TOPIC} == expected
+
+
+@pytest.mark.broker
+async def test_topics_under_a_qos1_prefix_are_delivered_at_qos1(broker: Broker) -> None:
+    """Homie requires QoS 1: its prefix goes out at QoS 1, the bridge's own topics at QoS 0."""
+    outbox = Outbox()
+    config = MqttConfig(host="127.0.0.1", port=broker.port, client_id="test-link-qos")
+    link = MqttLink(config, outbox, state_topic=STATE_TOPIC, qos1_prefixes=("test/homie/",))
+    async with running(link), subscriber(broker.port, "test/+/x") as client:
+        outbox.put("test/homie/x", "1")
+        outbox.put("test/plain/x", "2")
+        received: dict[str, int] = {}
+        messages = aiter(client.messages)
+        async with asyncio.timeout(10):
+            while len(received) < 2:
+                message = await anext(messages)
+                received[str(message.topic)] = message.qos
+    assert received == {"test/homie/x": 1, "test/plain/x": 0}
