@@ -47,7 +47,10 @@ def connector_owner(connector: ConnectorConfig) -> str:
 
 
 def unit_info(
-    poller: ConnectorPoller, connector: ConnectorConfig, via_device: str | None = None
+    poller: ConnectorPoller,
+    name: str | None,
+    configuration_url: str,
+    via_device: str | None = None,
 ) -> UnitInfo | None:
     """What discovery needs about a polled unit, once its id and serial number are known."""
     status = poller.status
@@ -60,11 +63,11 @@ def unit_info(
     return UnitInfo(
         unit_id=poller.topics.unit_id,
         serial=status.serial,
-        name=connector.name,
+        name=name,
         part_number=version_model.part_number if version_model else None,
         firmware=version_model.firmware_version if version_model else None,
         mac=wifi_model.wifi_mac if wifi_model else None,
-        configuration_url=connector.base_url + "/",
+        configuration_url=configuration_url,
         via_device=via_device,
     )
 
@@ -83,25 +86,6 @@ def announced_fields(poller: ConnectorPoller) -> dict[str, list[str]]:
     if poller.status.derived:
         fields["derived"] = list(poller.status.derived)
     return fields
-
-
-def _discovery_inputs(poller: ConnectorPoller, via_device: str | None) -> tuple[object, ...]:
-    """Everything :func:`unit_info` and :func:`announced_fields` read, cheap to compare."""
-    status = poller.status
-    version = status.last_bodies.get("version")
-    wifi = status.last_bodies.get("wifi_status")
-    version_model = version.model if version and isinstance(version.model, Version) else None
-    wifi_model = wifi.model if wifi and isinstance(wifi.model, WifiStatus) else None
-    return (
-        poller.topics.unit_id if poller.topics else None,
-        status.serial,
-        via_device,
-        version_model.part_number if version_model else None,
-        version_model.firmware_version if version_model else None,
-        wifi_model.wifi_mac if wifi_model else None,
-        *((name, tuple(body.fields)) for name, body in status.last_bodies.items()),
-        tuple(status.derived),
-    )
 
 
 def connector_label(connector: ConnectorConfig) -> str:
@@ -206,8 +190,9 @@ class Bridge:
         owner = connector_owner(connector)
 
         group = self.config.group_of(connector.configured_id())
-        # What discovery is built from, as last seen; the hook runs after every poll, and
-        # rebuilding the field lists each time cost more than the rest of the poll.
+        configuration_url = connector.base_url + "/"  # parsing the address costs ~10 µs a poll
+        # What discovery was last built from: the hook runs after every poll, and rebuilding
+        # the field lists each time cost more than the rest of the poll.
         seen: list[object] = [None]
 
         def update(poller: ConnectorPoller) -> None:
@@ -217,12 +202,16 @@ class Bridge:
             # Wait for one round of every endpoint so the first announce is already complete.
             if len(poller.attempted) < len(ENDPOINTS):
                 return
-            inputs = _discovery_inputs(poller, self._leader_identifier(poller, group))
-            if inputs == seen[0]:
-                return
-            seen[0] = inputs
-            info = unit_info(poller, connector, self._leader_identifier(poller, group))
-            if info is not None:
+            via = self._leader_identifier(poller, group)
+            info = unit_info(poller, connector.name, configuration_url, via)
+            status = poller.status
+            inputs = (
+                info,
+                tuple((name, tuple(body.fields)) for name, body in status.last_bodies.items()),
+                tuple(status.derived),
+            )
+            if info is not None and inputs != seen[0]:
+                seen[0] = inputs
                 self.announcer.update_unit(owner, info, announced_fields(poller))
             if self.homie is not None and poller.topics is not None:
                 self._update_homie(poller, connector)

@@ -223,6 +223,16 @@ class _Window:
         )
 
 
+async def _measured(
+    counts: dict[str, int], seconds: float, *, warmup_s: float
+) -> tuple[_Window, _Window]:
+    """After ``warmup_s``, the counters and clocks at the start and end of ``seconds``."""
+    await asyncio.sleep(warmup_s)
+    start = _Window.now(counts)
+    await asyncio.sleep(seconds)
+    return start, _Window.now(counts)
+
+
 def _figures(start: _Window, end: _Window) -> dict[str, float]:
     wall = end.wall - start.wall
     cpu = end.cpu - start.cpu
@@ -282,10 +292,7 @@ async def _measure_bridge(
         if all(len(p.attempted) == len(ENDPOINTS) and p.status.online for p in bridge.pollers):
             break
         await asyncio.sleep(0.2)
-    await asyncio.sleep(2.0)
-    start = _Window.now(counts)
-    await asyncio.sleep(seconds)
-    end = _Window.now(counts)
+    start, end = await _measured(counts, seconds, warmup_s=2.0)
     stop.set()
     await task
     created = [*bridge.outbox.retained_topics(), bridge.state_topic]
@@ -322,10 +329,7 @@ async def _measure_matched_baseline(
 
     link_task = asyncio.create_task(link.run(stop))
     pollers = [asyncio.create_task(poll(i, c)) for i, c in enumerate(clients)]
-    await asyncio.sleep(BASELINE_WARMUP_S)
-    start = _Window.now(counts)
-    await asyncio.sleep(seconds)
-    end = _Window.now(counts)
+    start, end = await _measured(counts, seconds, warmup_s=BASELINE_WARMUP_S)
     for task in pollers:
         task.cancel()
     await asyncio.gather(*pollers, return_exceptions=True)
@@ -353,10 +357,7 @@ async def _measure_bare_baseline(
             slots=START_SLOTS,
         )
     )
-    await asyncio.sleep(BASELINE_WARMUP_S)
-    start = _Window.now(counts)
-    await asyncio.sleep(seconds)
-    end = _Window.now(counts)
+    start, end = await _measured(counts, seconds, warmup_s=BASELINE_WARMUP_S)
     stop.set()
     await task
     return _figures(start, end), []  # it publishes nothing retained

@@ -157,6 +157,52 @@ def raw_publish_queue(inner: paho.Client) -> Callable[[bytes], None] | None:
     return queue_raw
 
 
+async def publish_chunk(
+    client: aiomqtt.Client,
+    chunk: Sequence[Message],
+    *,
+    confirm: bool = True,
+    qos1_prefixes: tuple[str, ...] = (),
+) -> None:
+    """Publish ``chunk`` in order; with ``confirm``, return once the broker has all of it.
+
+    Raises:
+        aiomqtt.MqttError: paho refused a message, or the barrier was not acknowledged in time.
+    """
+    rest, last = (chunk[:-1], chunk[-1]) if confirm else (chunk, None)
+    inner = paho_client(client)
+    queue_raw = raw_publish_queue(inner)
+    framed: list[bytes] = []
+    for message in rest:
+        qos = 0 if message.retain and not message.topic.startswith(qos1_prefixes) else 1
+        if qos == 0 and queue_raw is not None:
+            packet = frame_publish(message.topic, message.payload, retain=True)
+            if packet is not None:
+                framed.append(packet)
+                continue
+        if framed and queue_raw is not None:  # what was framed goes first: order is kept
+            queue_raw(b"".join(framed))
+            framed = []
+        info = inner.publish(
+            message.topic,
+            message.payload.encode("utf-8"),
+            qos=qos,
+            retain=message.retain,
+        )
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+    if framed and queue_raw is not None:
+        queue_raw(b"".join(framed))
+    if last is not None:
+        await client.publish(
+            last.topic,
+            last.payload.encode("utf-8"),
+            qos=1,
+            retain=last.retain,
+            timeout=PUBLISH_TIMEOUT_S,
+        )
+
+
 def _send_without_delay(client: aiomqtt.Client) -> None:
     """Switch off Nagle's algorithm on the connected socket (TCP_NODELAY).
 
@@ -317,7 +363,7 @@ class MqttLink:
                     or self._clock() - confirmed_at >= CONFIRM_EVERY_S
                     or any(not message.retain for message in chunk)
                 )
-                await self._publish_chunk(
+                await publish_chunk(
                     client, chunk, confirm=confirm, qos1_prefixes=self._qos1_prefixes
                 )
                 for message in chunk:
@@ -335,52 +381,6 @@ class MqttLink:
             if stop.is_set():
                 await self._say_goodbye(client)
                 raise _ShutdownRequestedError
-
-    @staticmethod
-    async def _publish_chunk(
-        client: aiomqtt.Client,
-        chunk: Sequence[Message],
-        *,
-        confirm: bool = True,
-        qos1_prefixes: tuple[str, ...] = (),
-    ) -> None:
-        """Publish ``chunk`` in order; with ``confirm``, return once the broker has all of it.
-
-        Raises:
-            aiomqtt.MqttError: paho refused a message, or the barrier was not acknowledged in time.
-        """
-        rest, last = (chunk[:-1], chunk[-1]) if confirm else (chunk, None)
-        inner = paho_client(client)
-        queue_raw = raw_publish_queue(inner)
-        framed: list[bytes] = []
-        for message in rest:
-            qos = 0 if message.retain and not message.topic.startswith(qos1_prefixes) else 1
-            if qos == 0 and queue_raw is not None:
-                packet = frame_publish(message.topic, message.payload, retain=True)
-                if packet is not None:
-                    framed.append(packet)
-                    continue
-            if framed and queue_raw is not None:  # what was framed goes first: order is kept
-                queue_raw(b"".join(framed))
-                framed = []
-            info = inner.publish(
-                message.topic,
-                message.payload.encode("utf-8"),
-                qos=qos,
-                retain=message.retain,
-            )
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-        if framed and queue_raw is not None:
-            queue_raw(b"".join(framed))
-        if last is not None:
-            await client.publish(
-                last.topic,
-                last.payload.encode("utf-8"),
-                qos=1,
-                retain=last.retain,
-                timeout=PUBLISH_TIMEOUT_S,
-            )
 
     async def _say_goodbye(self, client: aiomqtt.Client) -> None:
         # A clean DISCONNECT suppresses the Will, so say offline ourselves.
@@ -409,7 +409,7 @@ async def delete_retained(config: MqttConfig, topics: Sequence[str], identifier:
         async with make_client(config, identifier) as client:
             _send_without_delay(client)
             for start in range(0, len(messages), MAX_BATCH):
-                await MqttLink._publish_chunk(client, messages[start : start + MAX_BATCH])  # noqa: SLF001 - the same chunked publishing, one module
+                await publish_chunk(client, messages[start : start + MAX_BATCH])
     except (aiomqtt.MqttError, OSError) as error:
         raise MqttUnavailableError(describe_mqtt_error(error)) from None
 

@@ -25,6 +25,7 @@ from bridge.mqtt import (
     frame_publish,
     make_client,
     paho_client,
+    publish_chunk,
     raw_publish_queue,
 )
 from bridge.outbox import Message, Outbox
@@ -248,7 +249,7 @@ async def test_a_message_paho_refuses_raises_mqtt_error_before_the_barrier(
     barriers = Barriers(monkeypatch)
     chunk = [Message("test/x", "1"), Message("test/y", "2"), Message("test/z", "3")]
     with pytest.raises(aiomqtt.MqttError, match="not currently connected"):
-        await MqttLink._publish_chunk(client, chunk)
+        await publish_chunk(client, chunk)
     assert barriers.calls == 0
 
 
@@ -258,7 +259,7 @@ async def test_aiomqtt_still_holds_a_paho_client_for_publishing_without_awaiting
     inner = getattr(client, "_client", None)
     assert isinstance(inner, paho.Client), (
         f"aiomqtt.Client._client is {type(inner).__name__}, not a paho client: "
-        "bridge.mqtt.paho_client and MqttLink._publish_chunk must be rewritten"
+        "bridge.mqtt.paho_client and publish_chunk must be rewritten"
     )
     assert paho_client(client) is inner
     # aiomqtt must register a socket writer with paho, or a non-awaited publish would write
