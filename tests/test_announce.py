@@ -16,7 +16,6 @@ import pytest
 from bridge.announce import STATE_KEY, Announcer, Reannouncer
 from bridge.discovery import (
     DiscoveryMode,
-    Site,
     UnitInfo,
     bridge_configs,
     device_config,
@@ -25,18 +24,9 @@ from bridge.discovery import (
 )
 from bridge.outbox import Message, Outbox
 from bridge.statefile import StateFile
+from tests.discovery_samples import GARAGE, SITE
 from tests.ha_schema import problems_in_device_config, problems_in_entity_config
 
-SITE: Final = Site(prefix="homeassistant", base_topic="twc3")
-GARAGE: Final = UnitInfo(
-    unit_id="garage",
-    serial="TEST0001",
-    name="Garage",
-    part_number="1529455-02-D",
-    firmware="25.34.1+gtest",
-    mac="AA:BB:CC:DD:EE:01",
-    configuration_url="http://192.0.2.50/",
-)
 CARPORT: Final = UnitInfo(unit_id="carport", serial="TEST0002", name="Carport")
 FIELDS: Final[dict[str, list[str]]] = {
     "vitals": ["grid_v", "grid_hz", "vehicle_connected", "evse_state", "mystery_field"],

@@ -14,7 +14,6 @@ import pytest
 from bridge import __version__
 from bridge.derived import EVSE_STATE_NAMES, evse_state_name
 from bridge.discovery import (
-    Site,
     UnitInfo,
     bridge_configs,
     device_config,
@@ -30,22 +29,14 @@ from bridge.entities import (
     entity_for,
 )
 from bridge.publishing import field_messages
+from tests.discovery_samples import GARAGE as INFO
+from tests.discovery_samples import SITE
 from tests.ha_schema import (
     discovery_topic_problem,
     problems_in_device_config,
     problems_in_entity_config,
 )
 
-SITE: Final = Site(prefix="homeassistant", base_topic="twc3")
-INFO: Final = UnitInfo(
-    unit_id="garage",
-    serial="TEST0001",
-    name="Garage",
-    part_number="1529455-02-D",
-    firmware="25.34.1+gtest",
-    mac="AA:BB:CC:DD:EE:01",
-    configuration_url="http://192.0.2.50/",
-)
 NODE: Final = "homeassistant/sensor/twc3_test0001"
 BINARY_NODE: Final = "homeassistant/binary_sensor/twc3_test0001"
 
