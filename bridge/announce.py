@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from bridge.discovery import (
@@ -19,12 +19,15 @@ from bridge.discovery import (
     UnitInfo,
     bridge_configs,
     device_config,
+    device_config_topic,
     encode,
-    entity_configs,
+    entity_config,
+    entity_config_topic,
     object_id,
     unit_entities,
 )
-from bridge.outbox import Outbox
+from bridge.entities import Entity
+from bridge.outbox import Deferred, Outbox
 from bridge.statefile import StateFile
 
 logger = logging.getLogger(__name__)
@@ -84,7 +87,8 @@ class Announcer:
         if stale:
             logger.info("discovery: removing %d config(s) no longer wanted", len(stale))
         if self.mode != "off":
-            self._publish(BRIDGE_OWNER, bridge_configs(self.site, self.mode))
+            configs = bridge_configs(self.site, self.mode)
+            self._publish(BRIDGE_OWNER, {topic: encode(value) for topic, value in configs.items()})
         if stale or self.mode == "off":
             self._save()
 
@@ -97,8 +101,14 @@ class Announcer:
             return
         self._signatures[owner] = signature
         entities = unit_entities(fields)
+        configs: dict[str, str | Deferred]
         if self.mode == "entity":
-            configs = entity_configs(self.site, info, entities)
+            configs = {
+                entity_config_topic(self.site, info, entity): Deferred(
+                    _render_entity_config, (self.site, info, entity)
+                )
+                for entity in entities
+            }
         else:
             current: dict[str, str] = {object_id(e.key): e.component for e in entities}
             previous = self._components.get(owner, {})
@@ -106,7 +116,13 @@ class Announcer:
             removed.update((k, platform) for k, platform in previous.items() if k not in current)
             for key in current:
                 removed.pop(key, None)
-            configs = device_config(self.site, info, entities, removed)
+            topic = device_config_topic(self.site, info)
+            configs = {
+                topic: Deferred(
+                    _render_device_config,
+                    (self.site, info, tuple(entities), tuple(removed.items())),
+                )
+            }
             self._components[owner] = current
         self._publish(owner, configs)
 
@@ -115,11 +131,11 @@ class Announcer:
         if self.mode == "off" or self._signatures.get(owner) == "announced":
             return
         self._signatures[owner] = "announced"
-        self._publish(owner, build())
+        self._publish(owner, {topic: encode(payload) for topic, payload in build().items()})
 
-    def _publish(self, owner: str, configs: dict[str, dict[str, Any]]) -> None:
+    def _publish(self, owner: str, configs: Mapping[str, str | Deferred]) -> None:
         for topic, payload in configs.items():
-            self._outbox.put(topic, encode(payload))
+            self._outbox.put(topic, payload)
         owned = self._owned.setdefault(owner, {})
         stale = [topic for topic in owned if topic not in configs]
         for topic in stale:
@@ -153,6 +169,16 @@ class Announcer:
     def announced_topics(self) -> list[str]:
         """Every config topic currently announced."""
         return list(self._announced)
+
+
+def _render_entity_config(site: Site, info: UnitInfo, entity: Entity) -> str:
+    return encode(entity_config(site, info, entity))
+
+
+def _render_device_config(
+    site: Site, info: UnitInfo, entities: tuple[Entity, ...], removed: tuple[tuple[str, str], ...]
+) -> str:
+    return encode(next(iter(device_config(site, info, list(entities), dict(removed)).values())))
 
 
 class Reannouncer:

@@ -178,25 +178,36 @@ def unit_entities(fields: dict[str, list[str]]) -> list[Entity]:
     return entities
 
 
+def entity_config_topic(site: Site, info: UnitInfo, entity: Entity) -> str:
+    """Where one entity's per-entity discovery config goes."""
+    node = object_id(info.identifier)
+    return f"{site.prefix}/{entity.component}/{node}/{object_id(entity.key)}/config"
+
+
+def entity_config(
+    site: Site, info: UnitInfo, entity: Entity, device: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One entity's per-entity discovery payload (``device`` is built when not given)."""
+    state_topic = f"{site.base_topic}/{info.unit_id}/{entity.endpoint}/{entity.reads}"
+    return {
+        **entity_options(entity),
+        **_entity_ids(entity, info),
+        "state_topic": state_topic,
+        "availability": entity_availability(site, info.unit_id, entity, state_topic),
+        "availability_mode": "all",
+        "qos": 1,
+        "device": unit_device(info, site) if device is None else device,
+        "origin": ORIGIN,
+    }
+
+
 def entity_configs(site: Site, info: UnitInfo, entities: list[Entity]) -> dict[str, dict[str, Any]]:
     """Per-entity discovery: ``{<prefix>/<component>/<node>/<object>/config: payload}``."""
-    node = object_id(info.identifier)
     device = unit_device(info, site)
-    configs: dict[str, dict[str, Any]] = {}
-    for entity in entities:
-        state_topic = f"{site.base_topic}/{info.unit_id}/{entity.endpoint}/{entity.reads}"
-        payload = {
-            **entity_options(entity),
-            **_entity_ids(entity, info),
-            "state_topic": state_topic,
-            "availability": entity_availability(site, info.unit_id, entity, state_topic),
-            "availability_mode": "all",
-            "qos": 1,
-            "device": device,
-            "origin": ORIGIN,
-        }
-        configs[f"{site.prefix}/{entity.component}/{node}/{object_id(entity.key)}/config"] = payload
-    return configs
+    return {
+        entity_config_topic(site, info, entity): entity_config(site, info, entity, device)
+        for entity in entities
+    }
 
 
 def device_config(
@@ -229,7 +240,12 @@ def device_config(
         "qos": 1,
         "components": components,
     }
-    return {f"{site.prefix}/device/{object_id(info.identifier)}/config": payload}
+    return {device_config_topic(site, info): payload}
+
+
+def device_config_topic(site: Site, info: UnitInfo) -> str:
+    """Where a unit's device-based discovery config goes."""
+    return f"{site.prefix}/device/{object_id(info.identifier)}/config"
 
 
 def bridge_configs(site: Site, mode: DiscoveryMode) -> dict[str, dict[str, Any]]:

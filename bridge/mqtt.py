@@ -354,9 +354,8 @@ class MqttLink:
         unconfirmed = 0
         confirmed_at = float("-inf")  # the first chunk after connecting is confirmed
         while True:
-            batch = self.outbox.pending()
-            for start in range(0, len(batch), MAX_BATCH):
-                chunk = batch[start : start + MAX_BATCH]
+            # One chunk at a time: only a chunk's worth of messages (and rendered configs) exists.
+            while chunk := self.outbox.pending(MAX_BATCH):
                 unconfirmed += len(chunk)
                 confirm = (
                     unconfirmed >= CONFIRM_EVERY_MESSAGES
@@ -371,6 +370,8 @@ class MqttLink:
                 if confirm:
                     unconfirmed = 0
                     confirmed_at = self.last_delivery = self._clock()
+                else:
+                    await asyncio.sleep(0)  # let the pollers run between unconfirmed chunks
             wait_outbox = asyncio.ensure_future(self.outbox.wait())
             wait_stop = asyncio.ensure_future(stop.wait())
             try:

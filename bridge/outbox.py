@@ -2,7 +2,8 @@
 
 Producers (pollers) write here whether or not the broker is connected; the MQTT link drains it.
 Only the newest value per topic is kept, so a long broker outage costs bounded memory and a
-reconnect republishes exactly the current state.
+reconnect republishes exactly the current state. Large payloads that are rarely sent (discovery
+configs) can be held as a :class:`Deferred`, rendered each time they are published.
 """
 
 from __future__ import annotations
@@ -10,12 +11,29 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from itertools import islice
 from typing import Final
 
 REFRESH_S: Final = 300.0
 MAX_QUEUED_EVENTS: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A payload rendered when it is published: ``render(*args)``, a pure function of ``args``.
+
+    Equal ``render`` and ``args`` mean equal text, so putting an equal one again is no change.
+    Kept instead of the text, a unit's ~80 discovery configs cost a few hundred bytes, not ~80 kB.
+    """
+
+    render: Callable[..., str]
+    args: tuple[Hashable, ...]
+
+    def text(self) -> str:
+        """The payload as published."""
+        return self.render(*self.args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +43,8 @@ class Message:
     topic: str
     payload: str
     retain: bool = True
+    # What a deferred payload was rendered from, so confirming it needs no second rendering.
+    source: Deferred | None = field(default=None, compare=False, repr=False)
 
 
 class Outbox:
@@ -38,7 +58,7 @@ class Outbox:
     ) -> None:
         self._clock = clock
         self.refresh_s = refresh_s
-        self._retained: dict[str, str] = {}
+        self._retained: dict[str, str | Deferred] = {}
         self._sent_at: dict[str, float] = {}
         self._dirty: dict[str, None] = {}  # an ordered set: publish in the order values arrived
         self._deletions: dict[str, None] = {}
@@ -46,9 +66,9 @@ class Outbox:
         self.dropped_events = 0
         self._wakeup = asyncio.Event()
 
-    def put(self, topic: str, payload: str, *, always: bool = False) -> None:
+    def put(self, topic: str, payload: str | Deferred, *, always: bool = False) -> None:
         """Set a retained topic; it is published if new, changed, stale, or ``always``."""
-        if not payload:
+        if payload == "":
             raise ValueError(f"refusing an empty payload for {topic}: it would delete the topic")
         if (
             not always
@@ -78,7 +98,8 @@ class Outbox:
 
     def get(self, topic: str) -> str | None:
         """The current retained value of a topic, published or not."""
-        return self._retained.get(topic)
+        value = self._retained.get(topic)
+        return value.text() if isinstance(value, Deferred) else value
 
     def retained_topics(self) -> list[str]:
         """Every topic currently held."""
@@ -116,11 +137,23 @@ class Outbox:
         if self._dirty:
             self._wakeup.set()
 
-    def pending(self) -> list[Message]:
-        """What still has to be published, oldest first: deletions, retained values, events."""
-        batch = [Message(topic, "") for topic in self._deletions]
-        batch.extend(Message(topic, self._retained[topic]) for topic in self._dirty)
-        batch.extend(self._events)
+    def pending(self, limit: int | None = None) -> list[Message]:
+        """What still has to be published, oldest first: deletions, retained values, events.
+
+        With ``limit``, only the first that many. Deferred payloads are rendered here, so only a
+        chunk's worth of their text exists at a time.
+        """
+        if limit is None:
+            limit = len(self._deletions) + len(self._dirty) + len(self._events)
+        batch = [Message(topic, "") for topic in islice(self._deletions, limit)]
+        retained = self._retained
+        for topic in islice(self._dirty, limit - len(batch)):
+            value = retained[topic]
+            if isinstance(value, Deferred):
+                batch.append(Message(topic, value.text(), source=value))
+            else:
+                batch.append(Message(topic, value))
+        batch.extend(islice(self._events, limit - len(batch)))
         return batch
 
     def mark_sent(self, message: Message) -> None:
@@ -132,7 +165,12 @@ class Outbox:
         if not message.payload:
             self._deletions.pop(message.topic, None)
             return
-        if self._retained.get(message.topic) == message.payload:
+        value = self._retained.get(message.topic)
+        if isinstance(value, Deferred):
+            unchanged = value == message.source  # equal sources render equal text
+        else:
+            unchanged = value == message.payload
+        if unchanged:
             self._dirty.pop(message.topic, None)
             self._sent_at[message.topic] = self._clock()
 

@@ -22,7 +22,7 @@ from bridge.discovery import (
     entity_configs,
     unit_entities,
 )
-from bridge.outbox import Message, Outbox
+from bridge.outbox import Deferred, Message, Outbox
 from bridge.statefile import StateFile
 from tests.discovery_samples import GARAGE, SITE
 from tests.ha_schema import problems_in_device_config, problems_in_entity_config
@@ -141,6 +141,16 @@ def test_first_announce_puts_every_config(tmp_path: Path) -> None:
     }
     for topic, payload in _published(batch).items():
         assert problems_in_entity_config(topic.split("/")[1], payload) == [], topic
+
+
+@pytest.mark.parametrize("mode", ["entity", "device"])
+def test_unit_configs_are_held_unrendered(tmp_path: Path, mode: DiscoveryMode) -> None:
+    """A unit's configs are kept as what renders them, not as text (memory at 1000 units)."""
+    announcer, outbox = _announcer(StateFile(tmp_path / "state.json"), mode=mode)
+    announcer.update_unit("garage", GARAGE, _fields())
+    held = [outbox._retained[topic] for topic in announcer.announced_topics()]
+    assert held
+    assert all(isinstance(value, Deferred) for value in held)
 
 
 def test_same_update_again_puts_nothing(tmp_path: Path) -> None:

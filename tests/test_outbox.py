@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bridge.outbox import MAX_QUEUED_EVENTS, REFRESH_S, Message, Outbox
+from bridge.outbox import MAX_QUEUED_EVENTS, REFRESH_S, Deferred, Message, Outbox
 
 
 class FakeClock:
@@ -459,3 +459,84 @@ async def test_wait_wakes_after_republish_all() -> None:
         assert not waiter.done()
         outbox.republish_all()
         await waiter
+
+
+# --- deferred payloads and bounded chunks ---------------------------------------------------------
+
+
+class CountingRenderer:
+    """Renders ``name=value`` and counts how often it was asked."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, name: str, value: int) -> str:
+        """The payload text."""
+        self.calls += 1
+        return f"{name}={value}"
+
+
+def test_deferred_payload_is_rendered_when_published_and_once_per_publish() -> None:
+    """A deferred payload is held unrendered; pending() renders it, confirming does not again."""
+    outbox, _ = _outbox()
+    render = CountingRenderer()
+    outbox.put("cfg", Deferred(render, ("a", 1)))
+    assert render.calls == 0
+    assert _send_all(outbox) == [Message("cfg", "a=1")]
+    assert render.calls == 1
+    assert outbox.pending() == []
+    assert outbox.get("cfg") == "a=1"
+
+
+def test_equal_deferred_payload_is_no_change_and_a_different_one_is() -> None:
+    """Same renderer and arguments mean the same text: nothing to send; new arguments are sent."""
+    outbox, _ = _outbox()
+    render = CountingRenderer()
+    outbox.put("cfg", Deferred(render, ("a", 1)))
+    _send_all(outbox)
+    outbox.put("cfg", Deferred(render, ("a", 1)))
+    assert outbox.pending() == []
+    outbox.put("cfg", Deferred(render, ("a", 2)))
+    assert outbox.pending() == [Message("cfg", "a=2")]
+
+
+def test_deferred_payload_replaced_while_in_flight_stays_pending() -> None:
+    """A config changed between rendering and confirmation is sent again, with the new text."""
+    outbox, _ = _outbox()
+    render = CountingRenderer()
+    outbox.put("cfg", Deferred(render, ("a", 1)))
+    [in_flight] = outbox.pending()
+    outbox.put("cfg", Deferred(render, ("a", 2)))
+    outbox.mark_sent(in_flight)
+    assert outbox.pending() == [Message("cfg", "a=2")]
+
+
+def test_deferred_and_plain_text_replace_each_other() -> None:
+    """A topic may switch between a deferred payload and plain text."""
+    outbox, _ = _outbox()
+    outbox.put("cfg", Deferred(CountingRenderer(), ("a", 1)))
+    _send_all(outbox)
+    outbox.put("cfg", "plain")
+    assert _send_all(outbox) == [Message("cfg", "plain")]
+    outbox.put("cfg", Deferred(CountingRenderer(), ("a", 1)))
+    assert _send_all(outbox) == [Message("cfg", "a=1")]
+
+
+def test_pending_with_a_limit_gives_the_oldest_first_chunk_by_chunk() -> None:
+    """pending(limit) returns deletions, values, then events, at most ``limit`` at a time."""
+    outbox, _ = _outbox()
+    outbox.put("gone", "x")
+    _send_all(outbox)
+    outbox.delete("gone")
+    for n in range(5):
+        outbox.put(f"t{n}", str(n))
+    outbox.event("ev", "e1")
+    render = CountingRenderer()
+    outbox.put("cfg", Deferred(render, ("a", 1)))
+    chunks: list[list[str]] = []
+    while chunk := outbox.pending(3):
+        chunks.append([message.topic for message in chunk])
+        for message in chunk:
+            outbox.mark_sent(message)
+    assert chunks == [["gone", "t0", "t1"], ["t2", "t3", "t4"], ["cfg", "ev"]]
+    assert render.calls == 1  # rendered only when its chunk came
