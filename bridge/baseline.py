@@ -1,7 +1,7 @@
 """The benchmark's yardstick: httpx and aiomqtt used bare, the way the shortest script would.
 
-Per unit: ``httpx.AsyncClient.get`` of ``/api/1/vitals`` (on the same aiohttp transport as the
-bridge, so both use the same HTTP I/O library), ``json.loads``, and one awaited
+Per unit: ``httpx.AsyncClient.get`` of ``/api/1/vitals`` (on the bridge's own HTTP transport,
+so both do the same network I/O), ``json.loads``, and one awaited
 ``aiomqtt.Client.publish`` of the body at QoS 0. This is the only module besides ``twc`` and
 ``mqtt`` that imports httpx and aiomqtt, on purpose: it must not use the bridge's client and link,
 whose efficiency is part of what the benchmark measures.
@@ -15,7 +15,7 @@ import json
 import aiomqtt
 import httpx
 
-from bridge.twc import aiohttp_transport
+from bridge.twc import http_transport
 
 TOPIC_PREFIX = "twc3-bench-bare"
 
@@ -41,7 +41,7 @@ async def run_bare(
         # Many units awaiting a publish at once is normal here; do not log a warning each time.
         mqtt.pending_calls_threshold = len(urls) + 10
         clients = [
-            httpx.AsyncClient(base_url=url, transport=aiohttp_transport(), timeout=10.0)
+            httpx.AsyncClient(base_url=url, transport=http_transport(), timeout=10.0)
             for url in urls
         ]
 

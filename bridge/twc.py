@@ -1,6 +1,6 @@
 """The HTTP side: one client per Wall Connector, one request at a time, never a retry.
 
-This is the only module that imports httpx and aiohttp. Errors are mapped here to the small tree
+This is the only module that imports httpx. Errors are mapped here to the small tree
 below, each with a short ``reason`` a person can read in a log line or on the ``reachability``
 topic::
 
@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import socket
+import ssl
+import time
 from collections.abc import AsyncIterator
 from typing import Final
 
-import aiohttp
 import httpx
 
+from bridge.http11 import ProtocolError, ResponseHead, ResponseParser, Signal
 from bridge.models import Endpoint
 
 MAX_BODY_BYTES: Final = 64 * 1024  # real bodies are under 1 KiB; bound what a broken unit sends
@@ -32,6 +35,8 @@ _NO_ROUTE_ERRNOS: Final = frozenset(
 
 # httpx's AsyncHTTPTransport default, so an idle unit's connection is dropped as before.
 _KEEPALIVE_S: Final = 5.0
+# Past this much unread, stop reading the socket until the body's reader catches up.
+_PAUSE_ABOVE_BYTES: Final = 256 * 1024
 # A compressed body could expand past the size bound after it was checked.
 _REQUEST_HEADERS: Final = {"Accept-Encoding": "identity"}
 
@@ -75,152 +80,225 @@ def _connect_reason(error: BaseException) -> str:
     return "connection failed"
 
 
-def _httpx_error(error: aiohttp.ClientError) -> httpx.TransportError | None:
-    """The exception httpx's own stack raised for this failure, or None for no equivalent.
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection to a unit; parses what arrives for the request in flight."""
 
-    An aiohttp error left as it is still ends as "request failed (<class name>)" in ``fetch``.
-    """
-    # Timeouts first: aiohttp's are also ServerConnectionError, which would read as "dropped".
-    if isinstance(error, aiohttp.ConnectionTimeoutError):
-        return httpx.ConnectTimeout(str(error))
-    if isinstance(error, aiohttp.ServerTimeoutError):
-        return httpx.ReadTimeout(str(error))
-    if isinstance(error, aiohttp.ClientConnectorError):
-        return httpx.ConnectError(str(error))  # raised `from error`: the OSError gives the reason
-    # A peer that closed early, or sent something that is not HTTP (aiohttp's parser errors come as
-    # ClientResponseError, body framing errors as ClientPayloadError): httpcore calls all of these
-    # RemoteProtocolError, and the reasons on the topics stay what they were.
-    if isinstance(
-        error,
-        aiohttp.ServerDisconnectedError | aiohttp.ClientResponseError | aiohttp.ClientPayloadError,
-    ):
-        return httpx.RemoteProtocolError(str(error))
-    if isinstance(error, aiohttp.ClientOSError):
-        return httpx.ReadError(str(error))
-    if isinstance(error, aiohttp.NonHttpUrlClientError):
-        return httpx.UnsupportedProtocol(str(error))
-    return None
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser: ResponseParser | None = None
+        self.lost: BaseException | None = None  # set once the connection is gone
+        self.stray = False  # bytes arrived with no request in flight: not to be trusted
+        self.idle_since = 0.0
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - a stream socket's
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.parser is None:
+            self.stray = True
+            return
+        self.parser.feed(data)
+        if self.parser.buffered > _PAUSE_ABOVE_BYTES and self.transport is not None:
+            self.transport.pause_reading()  # the reader is behind (a huge body): stop buffering
+            self._paused = True
+        self._wake()
+
+    def eof_received(self) -> bool:
+        if self.parser is not None:
+            self.parser.feed_eof()
+        self.lost = self.lost or ConnectionResetError("connection closed by the unit")
+        self._wake()
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.parser is not None:
+            self.parser.feed_eof()
+        self.lost = self.lost or exc or ConnectionResetError("connection closed")
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next_event(self, read_timeout_s: float | None) -> ResponseHead | bytes | Signal:
+        """The next head, body piece or END of the response in flight, waiting for bytes."""
+        parser = self.parser
+        assert parser is not None  # noqa: S101 - set by the transport before the request
+        while True:
+            try:
+                event = parser.next_event()
+            except ProtocolError as error:
+                # A reset while reading shows as "closed" to the parser: report the reset.
+                if isinstance(self.lost, OSError) and not isinstance(
+                    self.lost, ConnectionResetError
+                ):
+                    raise httpx.ReadError(str(self.lost)) from self.lost
+                raise httpx.RemoteProtocolError(str(error)) from None
+            if event is not Signal.NEED_DATA:
+                if self._paused and parser.buffered <= _PAUSE_ABOVE_BYTES // 2:
+                    self._paused = False
+                    if self.transport is not None:
+                        self.transport.resume_reading()
+                return event
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(read_timeout_s):
+                    await self._waiter
+            except TimeoutError:
+                raise httpx.ReadTimeout("timed out waiting for the unit") from None
+            finally:
+                self._waiter = None
+
+    def close(self) -> None:
+        """Drop the connection (abandoned mid-response, or not reusable)."""
+        if self.transport is not None:
+            self.transport.close()
+        self.lost = self.lost or ConnectionResetError("closed")
 
 
-class _AiohttpStream(httpx.AsyncByteStream):
-    """An aiohttp response body, read as it arrives; closing it frees the connection."""
+class _Body(httpx.AsyncByteStream):
+    """A response body, handed out as it arrives; closing it early drops the connection."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
+    def __init__(
+        self, connection: _Connection, read_timeout_s: float | None, lock: asyncio.Lock
+    ) -> None:
+        self._connection = connection
+        self._read_timeout_s = read_timeout_s
+        self._lock = lock  # the transport's: the next request may go once this body is closed
         self._complete = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        content = self._response.content
         while True:
-            try:
-                chunk = await content.readany()
-            except aiohttp.ClientError as error:
-                if (mapped := _httpx_error(error)) is None:
-                    raise
-                raise mapped from error
-            if not chunk:
-                break
-            yield chunk
+            event = await self._connection.next_event(self._read_timeout_s)
+            if isinstance(event, bytes):
+                if event:
+                    yield event
+                continue
+            break  # END: a head cannot come twice
         self._complete = True
 
     async def aclose(self) -> None:
-        if self._complete:
-            self._response.release()  # back to the pool for the next poll
+        connection = self._connection
+        parser = connection.parser
+        if parser is None:
+            return  # closed before
+        connection.parser = None
+        if self._complete and parser.reusable and connection.lost is None and not connection.stray:
+            connection.idle_since = time.monotonic()
         else:
-            # Abandoned mid-body (too large, a timeout): drop the connection instead of draining it.
-            self._response.close()
+            connection.close()
+        self._lock.release()
 
 
-class _AiohttpTransport(httpx.AsyncBaseTransport):
-    """An httpx transport doing the I/O with one aiohttp session: a single connection, no retry."""
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    # Units speak plain HTTP; an https:// base URL verifies against the system's CAs. Built once,
+    # and only if asked for: a context costs ~30 ms and ~1 MB.
+    return ssl.create_default_context()
+
+
+class _Http11Transport(httpx.AsyncBaseTransport):
+    """An httpx transport on one kept-alive connection: one request at a time, never a retry.
+
+    httpx's own stack costs ~4x the CPU per request of this, and polling is most of the bridge's
+    work; the units need nothing but GET over HTTP/1.1 (parsed by :mod:`bridge.http11`).
+    """
 
     def __init__(self, *, source_address: str | None) -> None:
         self._source_address = source_address
-        self._session: aiohttp.ClientSession | None = None
+        self._connection: _Connection | None = None
+        self._lock = asyncio.Lock()
         self._closed = False
-        self._timeout_key: tuple[float | None, ...] = ()
-        self._timeout = aiohttp.ClientTimeout()
 
-    def _open(self) -> aiohttp.ClientSession:
-        if self._closed:
-            raise RuntimeError("the TwcClient was closed")
-        connector = aiohttp.TCPConnector(
-            limit=1,
-            # The units speak plain HTTP; an https:// base URL verifies against the system's CAs
-            # with aiohttp's own default context, built once (a context costs ~30 ms and ~0.8 MB).
-            ssl=True,
-            local_addr=(self._source_address, 0) if self._source_address else None,
-            keepalive_timeout=_KEEPALIVE_S,
-            # getaddrinfo on every new connection, as httpx did: a unit's name may move to a new
-            # DHCP lease, and aiodns, if installed, would not read the system's resolver setup.
-            resolver=aiohttp.ThreadedResolver(),
-            use_dns_cache=False,
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            trust_env=False,  # a proxy from the environment must not sit between LAN devices
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),  # the units set none; skip the jar's work
-        )
-        # aiohttp resends an idempotent request once when the connection drops; a unit that
-        # drops it is reported, never asked twice.
-        session._retry_connection = False  # noqa: SLF001 - no public switch (aiohttp 3.14)
-        self._session = session
-        return session
-
-    def _client_timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
-        timeout = request.extensions.get("timeout", {})
-        key = (timeout.get("connect"), timeout.get("read"), timeout.get("pool"))
-        if key != self._timeout_key:
-            connect, read, pool = key
-            # aiohttp's `connect` covers waiting for the pool and connecting, like httpx's `pool`.
-            self._timeout = aiohttp.ClientTimeout(
-                total=None, connect=pool, sock_connect=connect, sock_read=read
-            )
-            self._timeout_key = key
-        return self._timeout
+    async def _connect(self, url: httpx.URL, timeouts: dict[str, float | None]) -> _Connection:
+        connection = self._connection
+        if (
+            connection is not None
+            and connection.lost is None
+            and not connection.stray
+            and time.monotonic() - connection.idle_since < _KEEPALIVE_S
+        ):
+            return connection
+        if connection is not None:
+            connection.close()
+            self._connection = None
+        if url.scheme not in {"http", "https"}:
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
+        loop = asyncio.get_running_loop()
+        https = url.scheme == "https"
+        try:
+            async with asyncio.timeout(timeouts.get("connect")):
+                _, connection = await loop.create_connection(
+                    _Connection,
+                    url.host,
+                    url.port or (443 if https else 80),
+                    ssl=_tls_context() if https else None,
+                    local_addr=(self._source_address, 0) if self._source_address else None,
+                )
+        except TimeoutError:
+            raise httpx.ConnectTimeout("timed out connecting to the unit") from None
+        except OSError as error:
+            raise httpx.ConnectError(str(error) or type(error).__name__) from error
+        self._connection = connection
+        return connection
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        session = self._session or self._open()
+        if self._closed:
+            raise RuntimeError("the TwcClient was closed")
+        timeout: dict[str, float | None] = request.extensions.get("timeout", {})
         try:
-            response = await session.request(
-                request.method,
-                str(request.url),
-                # Names as written (multi_items() lowercases them): small embedded servers are
-                # not always case-blind.
-                headers=[
-                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
-                ],
-                data=request.content or None,
-                allow_redirects=False,
-                compress=None,
-                timeout=self._client_timeout(request),
-            )
-        except aiohttp.ClientError as error:
-            if (mapped := _httpx_error(error)) is None:
-                raise
-            raise mapped from error
+            async with asyncio.timeout(timeout.get("pool")):
+                await self._lock.acquire()  # released when the body is closed
+        except TimeoutError:
+            raise httpx.PoolTimeout("another request to the unit is still running") from None
         try:
-            return httpx.Response(
-                response.status,
-                headers=response.raw_headers,
-                stream=_AiohttpStream(response),
-                request=request,
-            )
+            return await self._send(request, timeout)
         except BaseException:
-            response.close()
+            self._lock.release()
             raise
+
+    async def _send(
+        self, request: httpx.Request, timeouts: dict[str, float | None]
+    ) -> httpx.Response:
+        connection = await self._connect(request.url, timeouts)
+        head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
+        head.extend(b"%s: %s\r\n" % (name, value) for name, value in request.headers.raw)
+        head.append(b"\r\n")
+        connection.parser = ResponseParser(expect_body=request.method != "HEAD")
+        transport = connection.transport
+        if transport is None or transport.is_closing():
+            connection.close()
+            raise httpx.RemoteProtocolError("connection closed before the request")
+        transport.write(b"".join(head) + (request.content or b""))
+        read_timeout_s = timeouts.get("read")
+        try:
+            event = await connection.next_event(read_timeout_s)
+        except BaseException:
+            connection.parser = None
+            connection.close()
+            raise
+        assert isinstance(event, ResponseHead)  # noqa: S101 - the parser's first event
+        return httpx.Response(
+            event.status,
+            headers=event.headers,
+            stream=_Body(connection, read_timeout_s, self._lock),
+            request=request,
+            extensions={"http_version": event.http_version, "reason_phrase": event.reason},
+        )
 
     async def aclose(self) -> None:
         self._closed = True
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
 
 
-def aiohttp_transport(source_address: str | None = None) -> httpx.AsyncBaseTransport:
+def http_transport(source_address: str | None = None) -> httpx.AsyncBaseTransport:
     """The transport :class:`TwcClient` uses by default (also for the benchmark's baseline)."""
-    return _AiohttpTransport(source_address=source_address)
+    return _Http11Transport(source_address=source_address)
 
 
 class TwcClient:
@@ -228,9 +306,8 @@ class TwcClient:
 
     Each unit gets its own client: one shared pool scans every connection on every request and
     collapses with many units (perf-anchors.md §3). httpx is the request/response API and the test
-    seam (an injected ``httpx.MockTransport``), but aiohttp does the network I/O: httpx's own
-    stack and client machinery cost ~4x the CPU per request, and polling is most of the bridge's
-    work. The transport is called directly: redirects, cookies and auth are not wanted here.
+    seam (an injected ``httpx.MockTransport``); the network I/O is :class:`_Http11Transport`'s.
+    The transport is called directly: redirects, cookies and auth are not wanted here.
     """
 
     def __init__(
@@ -248,7 +325,7 @@ class TwcClient:
         # The read timeout bounds each wait for bytes; a unit dripping one byte a second would
         # never trip it, so the whole request also has a deadline.
         self.total_timeout_s = connect_timeout_s + read_timeout_s + 5.0
-        self._transport = transport or _AiohttpTransport(source_address=source_address)
+        self._transport = transport or _Http11Transport(source_address=source_address)
         # Parsed now, so a malformed base URL fails here, where the client is built.
         self._prefix = str(httpx.URL(base_url)).rstrip("/") + API_PREFIX
         self._urls: dict[str, httpx.URL] = {}
@@ -280,7 +357,7 @@ class TwcClient:
             raise TwcUnreachableError(
                 f"connection dropped ({type(error).__name__})", endpoint
             ) from None
-        except (httpx.HTTPError, aiohttp.ClientError) as error:
+        except httpx.HTTPError as error:
             raise TwcUnreachableError(
                 f"request failed ({type(error).__name__})", endpoint
             ) from None

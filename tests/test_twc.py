@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-import aiohttp
 import httpx
 import pytest
 
@@ -20,7 +19,6 @@ from bridge.twc import (
     TwcClient,
     TwcError,
     TwcUnreachableError,
-    _httpx_error,
 )
 
 VITALS = b'{"contactor_closed":false,"grid_v":241.3,"pilot_low_v":-0.0,"avg":nan'
@@ -352,7 +350,7 @@ async def test_closed_loopback_port_is_connection_refused() -> None:
     assert caught.value.endpoint == "vitals"
 
 
-# --- real sockets on 127.0.0.1: the aiohttp transport's errors keep their reasons ---------------
+# --- real sockets on 127.0.0.1: the HTTP/1.1 transport's errors keep their reasons ----------------
 
 Responder = Callable[[asyncio.StreamWriter], Coroutine[None, None, bool]]
 """Answers one request; True keeps the connection open for the next one."""
@@ -582,31 +580,45 @@ async def test_aclose_is_safe_unused_and_twice() -> None:
     assert wire.connections == 1
 
 
+async def test_real_chunked_body_is_joined() -> None:
+    """A chunked answer over a real socket is decoded; the connection stays usable."""
+    chunked = (
+        b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{"a\r\n4\r\n":1}\r\n0\r\n\r\n'
+    )
+    async with asyncio.timeout(10), _serve(_answer(chunked, _http(b"2"))) as wire:
+        client = TwcClient(wire.url)
+        try:
+            assert await client.fetch("vitals") == b'{"a":1}'
+            assert await client.fetch("vitals") == b"2"
+        finally:
+            await client.aclose()
+    assert wire.connections == 1
+
+
 @pytest.mark.parametrize(
-    ("error", "reason"),
-    [
-        (aiohttp.ServerDisconnectedError(), "connection dropped (RemoteProtocolError)"),
-        (aiohttp.ClientPayloadError("cut"), "connection dropped (RemoteProtocolError)"),
-        (aiohttp.ClientOSError(errno.ECONNRESET, "reset"), "connection dropped (ReadError)"),
-        (aiohttp.ConnectionTimeoutError("slow"), "timeout"),
-        (aiohttp.SocketTimeoutError("slow"), "timeout"),
-        (aiohttp.ServerTimeoutError("slow"), "timeout"),
-        (aiohttp.NonHttpUrlClientError("ftp://x"), "request failed (UnsupportedProtocol)"),
-        (aiohttp.ClientConnectionError("lost"), "request failed (ClientConnectionError)"),
-        (aiohttp.ClientError("odd"), "request failed (ClientError)"),
-    ],
-    ids=lambda value: value if isinstance(value, str) else type(value).__name__,
+    "after",
+    [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nX"],
+    ids=["closed-while-idle", "stray-bytes-while-idle"],
 )
-async def test_aiohttp_error_mapping(error: aiohttp.ClientError, reason: str) -> None:
-    """Each aiohttp failure gets the reason httpx's own stack gave; the rest stay one line."""
+async def test_idle_connection_closed_or_spoiled_by_the_unit_is_replaced(after: bytes) -> None:
+    """A unit that closes its idle connection, or talks out of turn, costs no failed poll."""
 
-    def handler(_request: httpx.Request) -> httpx.Response:
-        # As the transport does it, without a real failure on a socket behind it.
-        if (mapped := _httpx_error(error)) is None:
-            raise error
-        raise mapped from error
+    async def answer_then_misbehave(writer: asyncio.StreamWriter) -> bool:
+        writer.write(_http(b"1"))
+        await writer.drain()
+        if not after:
+            return False  # close the connection after answering, without saying so
+        await asyncio.sleep(0.05)
+        writer.write(after)
+        await writer.drain()
+        return True
 
-    async with asyncio.timeout(5):
-        caught = await _fetch_error(handler)
-    assert isinstance(caught, TwcUnreachableError)
-    assert caught.reason == reason
+    async with asyncio.timeout(10), _serve(answer_then_misbehave) as wire:
+        client = TwcClient(wire.url)
+        try:
+            assert await client.fetch("vitals") == b"1"
+            await asyncio.sleep(0.2)  # the close or the stray bytes arrive while idle
+            assert await client.fetch("vitals") == b"1"
+        finally:
+            await client.aclose()
+    assert wire.connections == 2
