@@ -1,8 +1,9 @@
 """One unit's polling loop: when to ask which endpoint, backoff, and debounced availability.
 
-Requests to one unit never overlap: each starts at least ``MIN_REQUEST_GAP_S`` after the previous
-one started and ``MIN_IDLE_S`` after it ended. This is the only place that retries a unit: after a
-failure every endpoint waits for the backoff delay.
+Requests to one unit never overlap: each is planned at least ``MIN_REQUEST_GAP_S`` after the
+previous one was planned, starts at least ``MIN_START_GAP_S`` after it started, and at least
+``MIN_IDLE_S`` after it ended. This is the only place that retries a unit: after a failure every
+endpoint waits for the backoff delay.
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ from bridge.twc import TwcBadResponseError, TwcError, TwcUnreachableError
 logger = logging.getLogger(__name__)
 
 MIN_REQUEST_GAP_S: Final = 1.0
-# Counted from the start, the 1 s floor keeps a 1 s interval at 1 s however long answers take
-# (from the end, a busy bridge drifted to 1.1 s); a slow unit still gets this rest after answering.
+# Intervals count from when a request was planned, not from when it started or ended: a 1 s
+# interval stays 1 s however long answers take (counted from the end, a busy bridge drifted to
+# 1.1 s) and however late a busy event loop wakes up (counted from the start, 1000 units drifted to
+# 1.03 s). A late start is not made up for by more than this, though:
+MIN_START_GAP_S: Final = 0.9
+# A slow unit still gets this rest after answering.
 MIN_IDLE_S: Final = 0.25
 # Endpoints due at the same moment go in this order; version first so the serial is known early.
 _PRIORITY: Final[dict[Endpoint, int]] = {"version": 0, "vitals": 1, "lifetime": 2, "wifi_status": 3}
@@ -181,8 +186,8 @@ class ConnectorPoller:
 
     async def poll_once(self) -> None:
         """Wait for the next due request, make it, and record the outcome."""
-        endpoint, at = self.next_request()
-        delay = at - self._clock()
+        endpoint, planned = self.next_request()
+        delay = planned - self._clock()
         if delay > 0:
             await self._sleep(delay)
         started = self._clock()
@@ -200,9 +205,12 @@ class ConnectorPoller:
             self._publish_counters()
             self._bad_answer(endpoint, "unexpected response: unparsable body", error)
         else:
-            self._succeeded(parsed, started)
+            self._succeeded(parsed, planned)
         self._not_before = max(
-            self._not_before, started + MIN_REQUEST_GAP_S, self._clock() + MIN_IDLE_S
+            self._not_before,
+            planned + MIN_REQUEST_GAP_S,
+            started + MIN_START_GAP_S,
+            self._clock() + MIN_IDLE_S,
         )
 
     def _bad_answer(self, endpoint: Endpoint, reason: str, error: TwcError | ParseError) -> None:
@@ -246,7 +254,7 @@ class ConnectorPoller:
             self._outbox.put(self._topics.derived("reachability"), reachability(reason))
         self._publish_counters()
 
-    def _succeeded(self, parsed: ParsedBody, started: float) -> None:
+    def _succeeded(self, parsed: ParsedBody, planned: float) -> None:
         status = self.status
         endpoint = parsed.endpoint
         if endpoint in self._endpoint_failing:
@@ -266,7 +274,7 @@ class ConnectorPoller:
                 endpoint,
                 parsed.invalid_fields,
             )
-        self._due[endpoint] = max(started + self.interval(endpoint), self._clock())
+        self._due[endpoint] = max(planned + self.interval(endpoint), self._clock())
         if status.online is not True:
             logger.info("unit %s online (%s answered)", self.label, endpoint)
             status.online = True

@@ -14,7 +14,13 @@ from bridge.backoff import Backoff
 from bridge.config import BridgeConfig, PollingConfig
 from bridge.models import Endpoint
 from bridge.outbox import Outbox
-from bridge.poller import MIN_IDLE_S, MIN_REQUEST_GAP_S, ConnectorPoller, IdRegistry
+from bridge.poller import (
+    MIN_IDLE_S,
+    MIN_REQUEST_GAP_S,
+    MIN_START_GAP_S,
+    ConnectorPoller,
+    IdRegistry,
+)
 from bridge.twc import TwcBadResponseError, TwcUnreachableError
 
 VITALS_IDLE = {
@@ -146,6 +152,29 @@ async def test_request_period_counts_from_the_start_and_a_slow_unit_gets_a_rest(
     gaps = [b - a for a, b in pairwise(vitals)]
     assert len(gaps) > 10
     assert all(gap == pytest.approx(period_s) for gap in gaps), gaps
+
+
+@pytest.mark.parametrize("late_s", [0.03, 0.3])
+async def test_late_wake_ups_do_not_stretch_the_period(late_s: float) -> None:
+    """A busy loop that wakes the poller late does not slow it: the 1 s grid holds on average.
+
+    Waking 30 ms late every time, a unit is still read 60 times a minute; each start stays at
+    least MIN_START_GAP_S after the previous one, so a very late start is not made up in a burst.
+    """
+    poller, unit, time_source, _ = make_poller(vitals_s=1, vitals_idle_s=1)
+    unit.bodies["vitals"] = json.dumps(dict(VITALS_IDLE, vehicle_connected=True)).encode()
+
+    async def late_sleep(seconds: float) -> None:
+        time_source.now += seconds + late_s
+
+    poller._sleep = late_sleep
+    await poll_until(poller, time_source, 120)
+    starts = [at for at, _ in unit.requests][4:]  # every endpoint shares the 1 s floor
+    gaps = [b - a for a, b in pairwise(starts)]
+    assert len(gaps) > 50
+    assert all(gap >= MIN_START_GAP_S - 1e-9 for gap in gaps), gaps
+    average = (starts[-1] - starts[0]) / len(gaps)
+    assert average == pytest.approx(max(1.0, MIN_START_GAP_S + late_s), rel=0.01)
 
 
 async def test_vitals_use_idle_interval_without_vehicle_and_fast_interval_with_one() -> None:
