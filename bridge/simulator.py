@@ -189,16 +189,42 @@ class Quirks:
     drip_bytes_per_s: float = 0.0
     huge_body_bytes: int = 0
     endless_chunked: float = 0.0
+    # Not copied by dataclasses.replace: a copy starts with no listeners of its own.
+    _refuse_listeners: list[Callable[[], None]] = dataclasses.field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
-        for quirk in dataclasses.fields(self):
-            _validate_quirk(quirk.name, getattr(self, quirk.name))
+        for name in _QUIRK_KINDS:
+            _validate_quirk(name, getattr(self, name))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # Servers learn of a changed refuse flag when it is set, so none has to poll it. A hook
+        # on the attribute rather than a property keeps refuse a plain dataclass field (init,
+        # replace, repr, eq). object.__setattr__: super() breaks in a slots dataclass on 3.11.
+        if name != "refuse":
+            object.__setattr__(self, name, value)
+            return
+        before = getattr(self, name, value)  # unset while __init__ runs
+        object.__setattr__(self, name, value)
+        if value != before:
+            for listener in tuple(getattr(self, "_refuse_listeners", ())):
+                listener()
 
     def set(self, name: str, value: QuirkValue) -> None:
         """Set one quirk by name after checking its value."""
         if name not in _QUIRK_KINDS:
             raise ValueError(f"unknown quirk {name!r} (known: {', '.join(_QUIRK_KINDS)})")
         setattr(self, name, _validate_quirk(name, value))
+
+    def add_refuse_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (no arguments, in the setting thread) whenever ``refuse`` changes."""
+        self._refuse_listeners.append(listener)
+
+    def remove_refuse_listener(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener``; no-op when it is not registered."""
+        with contextlib.suppress(ValueError):
+            self._refuse_listeners.remove(listener)
 
 
 _QuirkKind: TypeAlias = Literal["probability", "seconds", "rate", "bytes", "flag"]
@@ -319,7 +345,8 @@ class SimulatedUnit:
         self.wiring: Final[Wiring] = wiring
         self.rated_current_a: Final = float(rated)
         self.firmware: Final = firmware
-        self.quirks = quirks if quirks is not None else Quirks()
+        self._quirks = quirks if quirks is not None else Quirks()
+        self._refuse_listeners: list[Callable[[], None]] = []
         self._scenario = scenario if scenario is not None else Scenario()
         self._clock = clock
         self._clock_origin = clock()
@@ -437,6 +464,40 @@ class SimulatedUnit:
         """Energy delivered since the last plug-in (kept after unplug)."""
         self._advance()
         return self._session_energy_wh
+
+    @property
+    def quirks(self) -> Quirks:
+        """The unit's misbehaviour; change it in place or replace it at any time."""
+        return self._quirks
+
+    @quirks.setter
+    def quirks(self, quirks: Quirks) -> None:
+        previous, self._quirks = self._quirks, quirks
+        if quirks is previous:
+            return
+        if self._refuse_listeners:
+            previous.remove_refuse_listener(self._refuse_quirk_changed)
+            quirks.add_refuse_listener(self._refuse_quirk_changed)
+        if quirks.refuse != previous.refuse:
+            self._refuse_quirk_changed()
+
+    def add_refuse_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` whenever ``quirks.refuse`` changes, in place or by a new Quirks."""
+        if not self._refuse_listeners:
+            # Only while someone listens: a Quirks shared by many units must not keep them alive.
+            self._quirks.add_refuse_listener(self._refuse_quirk_changed)
+        self._refuse_listeners.append(listener)
+
+    def remove_refuse_listener(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener``; no-op when it is not registered."""
+        with contextlib.suppress(ValueError):
+            self._refuse_listeners.remove(listener)
+            if not self._refuse_listeners:
+                self._quirks.remove_refuse_listener(self._refuse_quirk_changed)
+
+    def _refuse_quirk_changed(self) -> None:
+        for listener in tuple(self._refuse_listeners):
+            listener()
 
     def draw_quirk(self, probability: float) -> bool:
         """Whether a quirk with this per-request probability fires now (seeded)."""
@@ -899,7 +960,7 @@ MAX_HEAD_BYTES: Final = 16384
 MAX_HEADER_LINES: Final = 64
 MAX_REQUEST_BODY_BYTES: Final = 65536
 KEEP_ALIVE_TIMEOUT_S: Final = 30.0
-_REFUSE_POLL_S: Final = 0.05
+_REOPEN_RETRY_S: Final = 1.0
 _PAD_CHUNK: Final = b" " * 65536
 _ENDLESS_CHUNK_BYTES: Final = 65536
 _ENDLESS_CHUNK_PAUSE_S: Final = 0.01
@@ -983,22 +1044,194 @@ def _response_head(status: int, headers: Sequence[tuple[str, str]]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+# Picks the unit that answers a request from its headers (names in lower case); ``None`` headers:
+# the request was too malformed to read. A ``None`` unit answers 404.
+UnitRoute: TypeAlias = Callable[[Mapping[str, str] | None], SimulatedUnit | None]
+
+
+async def serve_http_connection(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    route: UnitRoute,
+    *,
+    label: str,
+) -> None:
+    """Answer HTTP/1.1 requests on one accepted connection until it ends, then close it.
+
+    Each request is answered by the unit ``route`` picks, with that unit's body-level quirks and
+    its per-response transport quirks (hang, slow first byte, drip, huge and endless bodies);
+    closing the listener (``refuse``) is up to the server. ``label`` names the server in log
+    lines. ``reader`` should come from :func:`asyncio.start_server` with
+    ``limit=MAX_LINE_BYTES``.
+    """
+    try:
+        await _serve_requests(reader, writer, route)
+    except (ConnectionError, TimeoutError):
+        pass  # the client went away or idled out: nothing to answer
+    except Exception:
+        logger.exception("%s: connection handler failed", label)
+    finally:
+        await _close_quietly(writer)
+
+
+async def _close_quietly(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError, OSError):
+        await writer.wait_closed()
+
+
+async def _serve_requests(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, route: UnitRoute
+) -> None:
+    while True:
+        try:
+            async with asyncio.timeout(KEEP_ALIVE_TIMEOUT_S):
+                request = await _read_request(reader)
+                if request is not None:
+                    await _discard_request_body(reader, request)
+        except _BadRequestError as exc:
+            await _send_plain(writer, route(None), exc.status, str(exc), keep_alive=False)
+            return
+        if request is None:
+            return
+        unit = route(request.headers)
+        if unit is None:
+            await _send_plain(writer, None, 404, "no such unit", keep_alive=request.keep_alive)
+        elif request.method != "GET":
+            await _send_plain(
+                writer, unit, 405, "only GET", keep_alive=request.keep_alive, allow="GET"
+            )
+        elif not await _answer(unit, request, reader, writer):
+            return
+        if not request.keep_alive:
+            return
+
+
+async def _discard_request_body(reader: asyncio.StreamReader, request: _Request) -> None:
+    if "transfer-encoding" in request.headers:
+        raise _BadRequestError(400, "request bodies are not supported")
+    raw_length = request.headers.get("content-length", "0")
+    if not raw_length.isdigit():
+        raise _BadRequestError(400, "malformed Content-Length")
+    length = int(raw_length)
+    if length > MAX_REQUEST_BODY_BYTES:
+        raise _BadRequestError(413, "request body too large")
+    try:
+        await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise _BadRequestError(400, "incomplete request body") from None
+
+
+async def _answer(
+    unit: SimulatedUnit,
+    request: _Request,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+) -> bool:
+    """Send the response with the transport quirks; ``False`` when the connection is done."""
+    quirks = unit.quirks
+    if unit.draw_quirk(quirks.hang):
+        while await reader.read(65536):
+            pass  # swallow whatever the client sends until it gives up
+        return False
+    if quirks.slow_first_byte_s > 0:
+        await asyncio.sleep(quirks.slow_first_byte_s)
+    status, body = unit.render(request.target)
+    content_type = _JSON_TYPE if status == http.HTTPStatus.OK else _TEXT_TYPE
+    if unit.draw_quirk(quirks.endless_chunked):
+        await _send_endless_chunked(writer, unit, status, content_type, body)
+        return False
+    pad = max(0, quirks.huge_body_bytes - len(body)) if quirks.huge_body_bytes else 0
+    head = _response_head(
+        status,
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(pad + len(body))),
+            ("Connection", "keep-alive" if request.keep_alive else "close"),
+        ],
+    )
+    await _send(writer, unit, head)
+    while pad > 0:
+        # Generated piecewise so a 50 MB body never sits in memory.
+        piece = memoryview(_PAD_CHUNK)[: min(pad, len(_PAD_CHUNK))]
+        await _send(writer, unit, piece)
+        pad -= len(piece)
+    await _send(writer, unit, body)
+    return True
+
+
+async def _send(
+    writer: asyncio.StreamWriter, unit: SimulatedUnit | None, data: bytes | memoryview
+) -> None:
+    # Read on every send, so a drip rate changed mid-response applies at once.
+    rate = unit.quirks.drip_bytes_per_s if unit is not None else 0.0
+    if rate <= 0:
+        writer.write(data)
+        await writer.drain()
+        return
+    view = memoryview(data)
+    for index in range(len(view)):
+        writer.write(view[index : index + 1])
+        await writer.drain()
+        await asyncio.sleep(1 / rate)
+
+
+async def _send_plain(
+    writer: asyncio.StreamWriter,
+    unit: SimulatedUnit | None,
+    status: int,
+    text: str,
+    *,
+    keep_alive: bool,
+    allow: str | None = None,
+) -> None:
+    body = text.encode()
+    headers = [
+        ("Content-Type", _TEXT_TYPE),
+        ("Content-Length", str(len(body))),
+        ("Connection", "keep-alive" if keep_alive else "close"),
+    ]
+    if allow is not None:
+        headers.append(("Allow", allow))
+    await _send(writer, unit, _response_head(status, headers) + body)
+
+
+async def _send_endless_chunked(
+    writer: asyncio.StreamWriter, unit: SimulatedUnit, status: int, content_type: str, body: bytes
+) -> None:
+    head = _response_head(
+        status, [("Content-Type", content_type), ("Transfer-Encoding", "chunked")]
+    )
+    # A zero-length chunk would end the body, so an empty body sends no chunk of its own.
+    first_chunk = f"{len(body):x}\r\n".encode() + body + b"\r\n" if body else b""
+    await _send(writer, unit, head + first_chunk)
+    filler = f"{_ENDLESS_CHUNK_BYTES:x}\r\n".encode() + _PAD_CHUNK + b"\r\n"
+    while True:
+        await _send(writer, unit, filler)
+        # A yield point even when the client drains as fast as we write.
+        await asyncio.sleep(_ENDLESS_CHUNK_PAUSE_S)
+
+
 class UnitServer:
     """Serves one :class:`SimulatedUnit` over HTTP/1.1, with its transport-level quirks.
 
     Use ``async with UnitServer(unit) as server`` or ``start()``/``stop()``; ``port`` is the bound
     port once started (``port=0`` picks a free one, kept across ``set_refusing`` cycles).
+    A running server does no periodic work: it closes or reopens its listener when it is told
+    that ``unit.quirks.refuse`` changed (see :meth:`SimulatedUnit.add_refuse_listener`).
     """
 
     def __init__(self, unit: SimulatedUnit, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.unit: Final = unit
         self.host: Final = host
         self._port = port
+        self._label = f"simulated unit {unit.serial}"
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._lock = asyncio.Lock()
         self._running = False
-        self._watcher: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._follower: asyncio.Task[None] | None = None
         self._generation = 0
 
     @property
@@ -1035,20 +1268,23 @@ class UnitServer:
             return
         await self._open_listener()
         self._running = True
+        self._loop = asyncio.get_running_loop()
+        # Before the first look at the flag, so a change while that is applied is not missed.
+        self.unit.add_refuse_listener(self._refuse_quirk_changed)
         if self.unit.quirks.refuse:
             await self._apply_refusing(refusing=True)
-        self._watcher = asyncio.create_task(self._watch_refuse_quirk())
 
     async def stop(self) -> None:
         """Close the listening socket and every open connection."""
         if not self._running:
             return
         self._running = False
-        if self._watcher is not None:
-            self._watcher.cancel()
+        self.unit.remove_refuse_listener(self._refuse_quirk_changed)
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+                await follower
         async with self._lock:
             await self._close_listener_and_connections()
 
@@ -1058,16 +1294,31 @@ class UnitServer:
         if self._running:
             await self._apply_refusing(refusing=refusing)
 
-    async def _watch_refuse_quirk(self) -> None:
-        # The quirk is a plain mutable attribute, so changes made without set_refusing are polled.
-        while True:
-            await asyncio.sleep(_REFUSE_POLL_S)
-            wanted = self.unit.quirks.refuse
-            if wanted != self.refusing:
-                try:
-                    await self._apply_refusing(refusing=wanted)
-                except OSError as exc:
-                    logger.warning("simulated unit %s: cannot reopen: %s", self.unit.serial, exc)
+    def _refuse_quirk_changed(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        # The flag may be set from another thread, or after the loop ended without stop()
+        # (RuntimeError): then there is no listener left to close or reopen.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._start_following)
+
+    def _start_following(self) -> None:
+        if self._running and (self._follower is None or self._follower.done()):
+            self._follower = asyncio.create_task(self._follow_refuse_quirk())
+
+    async def _follow_refuse_quirk(self) -> None:
+        # A loop, because the flag may flip again while the listener is being closed or reopened.
+        warned = False
+        while self._running and (wanted := self.unit.quirks.refuse) != self.refusing:
+            try:
+                await self._apply_refusing(refusing=wanted)
+            except OSError as exc:
+                if not warned:
+                    logger.warning("%s: cannot reopen: %s", self._label, exc)
+                    warned = True
+                # Something else took the port meanwhile; it may let go of it.
+                await asyncio.sleep(_REOPEN_RETRY_S)
 
     async def _apply_refusing(self, *, refusing: bool) -> None:
         async with self._lock:
@@ -1113,136 +1364,15 @@ class UnitServer:
             # Accepted just before the listener closed, but scheduled after the connections
             # were closed: it must not outlive the listener that accepted it.
             if generation == self._generation:
-                await self._serve_requests(reader, writer)
-        except (ConnectionError, TimeoutError):
-            pass  # the client went away or idled out: nothing to answer
-        except Exception:
-            logger.exception("simulated unit %s: connection handler failed", self.unit.serial)
+                await serve_http_connection(reader, writer, self._route, label=self._label)
+            else:
+                await _close_quietly(writer)
         finally:
             if task is not None:
                 self._connections.pop(task, None)
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
 
-    async def _serve_requests(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(KEEP_ALIVE_TIMEOUT_S):
-                    request = await _read_request(reader)
-                    if request is not None:
-                        await self._discard_request_body(reader, request)
-            except _BadRequestError as exc:
-                await self._send_plain(writer, exc.status, str(exc), keep_alive=False)
-                return
-            if request is None:
-                return
-            if request.method != "GET":
-                await self._send_plain(
-                    writer, 405, "only GET", keep_alive=request.keep_alive, allow="GET"
-                )
-            elif not await self._answer(request, reader, writer):
-                return
-            if not request.keep_alive:
-                return
-
-    @staticmethod
-    async def _discard_request_body(reader: asyncio.StreamReader, request: _Request) -> None:
-        if "transfer-encoding" in request.headers:
-            raise _BadRequestError(400, "request bodies are not supported")
-        raw_length = request.headers.get("content-length", "0")
-        if not raw_length.isdigit():
-            raise _BadRequestError(400, "malformed Content-Length")
-        length = int(raw_length)
-        if length > MAX_REQUEST_BODY_BYTES:
-            raise _BadRequestError(413, "request body too large")
-        try:
-            await reader.readexactly(length)
-        except asyncio.IncompleteReadError:
-            raise _BadRequestError(400, "incomplete request body") from None
-
-    async def _answer(
-        self, request: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> bool:
-        """Send the response with the transport quirks; ``False`` when the connection is done."""
-        unit = self.unit
-        quirks = unit.quirks
-        if unit.draw_quirk(quirks.hang):
-            while await reader.read(65536):
-                pass  # swallow whatever the client sends until it gives up
-            return False
-        if quirks.slow_first_byte_s > 0:
-            await asyncio.sleep(quirks.slow_first_byte_s)
-        status, body = unit.render(request.target)
-        content_type = _JSON_TYPE if status == http.HTTPStatus.OK else _TEXT_TYPE
-        if unit.draw_quirk(quirks.endless_chunked):
-            await self._send_endless_chunked(writer, status, content_type, body)
-            return False
-        pad = max(0, quirks.huge_body_bytes - len(body)) if quirks.huge_body_bytes else 0
-        head = _response_head(
-            status,
-            [
-                ("Content-Type", content_type),
-                ("Content-Length", str(pad + len(body))),
-                ("Connection", "keep-alive" if request.keep_alive else "close"),
-            ],
-        )
-        await self._send(writer, head)
-        while pad > 0:
-            # Generated piecewise so a 50 MB body never sits in memory.
-            piece = memoryview(_PAD_CHUNK)[: min(pad, len(_PAD_CHUNK))]
-            await self._send(writer, piece)
-            pad -= len(piece)
-        await self._send(writer, body)
-        return True
-
-    async def _send(self, writer: asyncio.StreamWriter, data: bytes | memoryview) -> None:
-        rate = self.unit.quirks.drip_bytes_per_s
-        if rate <= 0:
-            writer.write(data)
-            await writer.drain()
-            return
-        view = memoryview(data)
-        for index in range(len(view)):
-            writer.write(view[index : index + 1])
-            await writer.drain()
-            await asyncio.sleep(1 / rate)
-
-    async def _send_plain(
-        self,
-        writer: asyncio.StreamWriter,
-        status: int,
-        text: str,
-        *,
-        keep_alive: bool,
-        allow: str | None = None,
-    ) -> None:
-        body = text.encode()
-        headers = [
-            ("Content-Type", _TEXT_TYPE),
-            ("Content-Length", str(len(body))),
-            ("Connection", "keep-alive" if keep_alive else "close"),
-        ]
-        if allow is not None:
-            headers.append(("Allow", allow))
-        await self._send(writer, _response_head(status, headers) + body)
-
-    async def _send_endless_chunked(
-        self, writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes
-    ) -> None:
-        head = _response_head(
-            status, [("Content-Type", content_type), ("Transfer-Encoding", "chunked")]
-        )
-        # A zero-length chunk would end the body, so an empty body sends no chunk of its own.
-        first_chunk = f"{len(body):x}\r\n".encode() + body + b"\r\n" if body else b""
-        await self._send(writer, head + first_chunk)
-        filler = f"{_ENDLESS_CHUNK_BYTES:x}\r\n".encode() + _PAD_CHUNK + b"\r\n"
-        while True:
-            await self._send(writer, filler)
-            # A yield point even when the client drains as fast as we write.
-            await asyncio.sleep(_ENDLESS_CHUNK_PAUSE_S)
+    def _route(self, _headers: Mapping[str, str] | None) -> SimulatedUnit:
+        return self.unit
 
 
 # ---- many units and the CLI -------------------------------------------------------------------

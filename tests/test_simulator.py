@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -590,6 +591,41 @@ def test_parse_quirk() -> None:
             parse_quirk(bad)
 
 
+def test_refuse_listeners_hear_changes_only() -> None:
+    quirks = Quirks(refuse=True)
+    heard: list[bool] = []
+
+    def listener() -> None:
+        heard.append(quirks.refuse)
+
+    quirks.add_refuse_listener(listener)
+    quirks.refuse = True
+    quirks.nan = 0.5
+    quirks.set("refuse", value=False)
+    quirks.refuse = True
+    assert heard == [False, True]
+    copy = dataclasses.replace(quirks)
+    assert copy == quirks
+    copy.refuse = False
+    assert heard == [False, True]
+    quirks.remove_refuse_listener(listener)
+    quirks.remove_refuse_listener(listener)
+    quirks.refuse = False
+    assert heard == [False, True]
+
+
+def test_unit_refuse_listeners_follow_replaced_quirks() -> None:
+    unit, _ = make_unit()
+    heard: list[bool] = []
+    unit.add_refuse_listener(lambda: heard.append(unit.quirks.refuse))
+    old = unit.quirks
+    unit.quirks = Quirks(refuse=True)
+    unit.quirks = Quirks(refuse=True, nan=1.0)
+    old.refuse = True
+    unit.quirks.refuse = False
+    assert heard == [True, False]
+
+
 def test_quirks_validate_values() -> None:
     with pytest.raises(ValueError, match="probability"):
         Quirks(truncated=1.5)
@@ -711,7 +747,7 @@ async def test_set_refusing_closes_and_reopens_the_port(server: UnitServer) -> N
 async def test_refuse_quirk_set_directly_is_applied(server: UnitServer) -> None:
     async with asyncio.timeout(3):
         server.unit.quirks.refuse = True
-        await asyncio.sleep(0.2)  # a few polls of the watcher
+        await asyncio.sleep(0.2)  # the server closes its listener a few loop turns later
         assert server.refusing
         with pytest.raises(ConnectionRefusedError):
             await fetch(server.port, "/api/1/version")
@@ -719,6 +755,66 @@ async def test_refuse_quirk_set_directly_is_applied(server: UnitServer) -> None:
         await asyncio.sleep(0.2)
         assert not server.refusing
         assert (await fetch(server.port, "/api/1/version"))[0] == 200
+
+
+async def test_refuse_quirk_followed_when_the_quirks_are_replaced(server: UnitServer) -> None:
+    port = server.port
+    async with asyncio.timeout(3):
+        server.unit.quirks = Quirks(refuse=True)
+        await asyncio.sleep(0.2)
+        assert server.refusing
+        with pytest.raises(ConnectionRefusedError):
+            await fetch(port, "/api/1/version")
+        server.unit.quirks = Quirks()
+        await asyncio.sleep(0.2)
+        assert not server.refusing
+        assert (await fetch(port, "/api/1/version"))[0] == 200
+
+
+async def test_quirks_shared_by_two_servers_refuse_on_both() -> None:
+    shared = Quirks()
+    units = [SimulatedUnit(f"SIM000000000{i}", seed=i, quirks=shared) for i in (1, 2)]
+    async with asyncio.timeout(3), UnitServer(units[0]) as first, UnitServer(units[1]) as second:
+        shared.refuse = True
+        await asyncio.sleep(0.2)
+        assert first.refusing
+        assert second.refusing
+        shared.refuse = False
+        await asyncio.sleep(0.2)
+        assert not first.refusing
+        assert not second.refusing
+
+
+async def test_a_flag_flipped_back_at_once_leaves_the_listener_open(server: UnitServer) -> None:
+    async with asyncio.timeout(3):
+        server.unit.quirks.refuse = True
+        server.unit.quirks.refuse = False
+        await asyncio.sleep(0.2)
+        assert not server.refusing
+        assert (await fetch(server.port, "/api/1/version"))[0] == 200
+
+
+async def test_idle_servers_run_no_task_of_their_own() -> None:
+    """Serving many units costs nothing while no request comes: no watcher task per unit."""
+    before = asyncio.all_tasks()
+    async with contextlib.AsyncExitStack() as stack:
+        for index in range(1, 21):
+            unit = SimulatedUnit(f"SIM{index:010d}", seed=index)
+            await stack.enter_async_context(UnitServer(unit))
+        await asyncio.sleep(0.05)
+        assert asyncio.all_tasks() == before
+
+
+async def test_a_stopped_server_stops_listening_to_the_refuse_flag() -> None:
+    unit = SimulatedUnit("SIM0000000001", seed=1)
+    running = UnitServer(unit)
+    await running.start()
+    await running.stop()
+    assert unit._refuse_listeners == []
+    assert unit.quirks._refuse_listeners == []
+    unit.quirks.refuse = True
+    await asyncio.sleep(0.05)
+    assert not running.refusing
 
 
 @pytest.mark.parametrize(
