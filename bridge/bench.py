@@ -84,22 +84,13 @@ def _wait_readable(conn: multiprocessing.connection.Connection) -> asyncio.Event
 
 async def _simulator_main(conn: multiprocessing.connection.Connection, units: int) -> None:
     from bridge.simulator import (  # noqa: PLC0415 - only the child needs the simulator
-        WIRINGS,
-        Scenario,
-        SimulatedUnit,
         UnitServer,
-        simulated_serial,
+        bench_units,
     )
 
     servers: list[UnitServer] = []
     ticks: list[tuple[str, float]] = []
-    for index in range(1, units + 1):
-        unit = SimulatedUnit(
-            simulated_serial(index),
-            wiring=WIRINGS[(index - 1) % len(WIRINGS)],
-            seed=index,
-            scenario=Scenario(first_idle_s=30.0 * index / units),
-        )
+    for unit in bench_units(units):
         server = UnitServer(unit)
         await server.start()
         servers.append(server)

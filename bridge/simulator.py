@@ -1386,6 +1386,19 @@ def simulated_serial(index: int) -> str:
     return f"SIM{index:010d}"
 
 
+def bench_units(count: int) -> list[SimulatedUnit]:
+    """``count`` units as the benchmarks build them: every wiring, first plug-ins spread out."""
+    return [
+        SimulatedUnit(
+            simulated_serial(index),
+            wiring=WIRINGS[(index - 1) % len(WIRINGS)],
+            seed=index,
+            scenario=Scenario(first_idle_s=30.0 * index / count),
+        )
+        for index in range(1, count + 1)
+    ]
+
+
 async def run_simulator(
     count: int,
     *,

@@ -43,12 +43,10 @@ from typing import TYPE_CHECKING, Final, Literal, NoReturn, Self, TypeAlias, cas
 from bridge.simulator import (
     MAX_LINE_BYTES,
     VITALS_PATH,
-    WIRINGS,
-    Scenario,
     SimulatedUnit,
     UnitServer,
+    bench_units,
     serve_http_connection,
-    simulated_serial,
 )
 
 if TYPE_CHECKING:
@@ -161,19 +159,6 @@ class HostRoutedServer:
 
 
 # ---- child processes -------------------------------------------------------------------------
-
-
-def bench_units(count: int) -> list[SimulatedUnit]:
-    """``count`` units exactly as ``twc3-bridge bench`` builds them (first plug-ins spread out)."""
-    return [
-        SimulatedUnit(
-            simulated_serial(index),
-            wiring=WIRINGS[(index - 1) % len(WIRINGS)],
-            seed=index,
-            scenario=Scenario(first_idle_s=30.0 * index / count),
-        )
-        for index in range(1, count + 1)
-    ]
 
 
 def _leave_interrupts_to_the_parent() -> None:
