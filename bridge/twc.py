@@ -86,7 +86,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser: ResponseParser | None = None
-        self.lost: BaseException | None = None  # set once the connection is gone
+        self.closed = False  # by either side; a closed connection is never reused
+        self.error: Exception | None = None  # what the socket reported, if it failed
         self.stray = False  # bytes arrived with no request in flight: not to be trusted
         self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
@@ -107,16 +108,17 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def eof_received(self) -> bool:
-        if self.parser is not None:
-            self.parser.feed_eof()
-        self.lost = self.lost or ConnectionResetError("connection closed by the unit")
-        self._wake()
+        self._ended(None)
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._ended(exc)
+
+    def _ended(self, error: Exception | None) -> None:
         if self.parser is not None:
             self.parser.feed_eof()
-        self.lost = self.lost or exc or ConnectionResetError("connection closed")
+        self.closed = True
+        self.error = self.error or error
         self._wake()
 
     def _wake(self) -> None:
@@ -131,11 +133,9 @@ class _Connection(asyncio.Protocol):
             try:
                 event = parser.next_event()
             except ProtocolError as error:
-                # A reset while reading shows as "closed" to the parser: report the reset.
-                if isinstance(self.lost, OSError) and not isinstance(
-                    self.lost, ConnectionResetError
-                ):
-                    raise httpx.ReadError(str(self.lost)) from self.lost
+                # A socket error (a reset) shows as "closed" to the parser: report the error.
+                if self.error is not None:
+                    raise httpx.ReadError(str(self.error) or type(self.error).__name__) from None
                 raise httpx.RemoteProtocolError(str(error)) from None
             if event is not Signal.NEED_DATA:
                 if self._paused and parser.buffered <= _PAUSE_ABOVE_BYTES // 2:
@@ -156,7 +156,7 @@ class _Connection(asyncio.Protocol):
         """Drop the connection (abandoned mid-response, or not reusable)."""
         if self.transport is not None:
             self.transport.close()
-        self.lost = self.lost or ConnectionResetError("closed")
+        self.closed = True
 
 
 class _Body(httpx.AsyncByteStream):
@@ -186,7 +186,7 @@ class _Body(httpx.AsyncByteStream):
         if parser is None:
             return  # closed before
         connection.parser = None
-        if self._complete and parser.reusable and connection.lost is None and not connection.stray:
+        if self._complete and parser.reusable and not (connection.closed or connection.stray):
             connection.idle_since = time.monotonic()
         else:
             connection.close()
@@ -217,7 +217,7 @@ class _Http11Transport(httpx.AsyncBaseTransport):
         connection = self._connection
         if (
             connection is not None
-            and connection.lost is None
+            and not connection.closed
             and not connection.stray
             and time.monotonic() - connection.idle_since < _KEEPALIVE_S
         ):
