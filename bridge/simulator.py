@@ -1375,6 +1375,85 @@ class UnitServer:
         return self.unit
 
 
+class HostRoutedServer:
+    """Serves many simulated units on one listening socket, routed by the ``Host`` header.
+
+    ``Host: <serial>`` (any case; a ``:port`` suffix is ignored) picks the unit; an unknown or
+    missing host is answered 404. Requests are read and answered by the simulator's own code
+    (:func:`bridge.simulator.serve_http_connection`), so every unit answers exactly as on its
+    own :class:`~bridge.simulator.UnitServer`. Transport quirks are not supported: ``refuse`` is
+    ignored (there is no listener per unit to close), the others are untested in this mode.
+    """
+
+    def __init__(
+        self, units: Sequence[SimulatedUnit], *, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self._units = {unit.serial.lower(): unit for unit in units}
+        if len(self._units) != len(units):
+            raise ValueError("two units share a serial number")
+        self.host: Final = host
+        self._port = port
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        """The listening port (the requested one until started)."""
+        return self._port
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Bind and listen."""
+        if self._server is not None:
+            return
+        self._server = await asyncio.start_server(
+            self._serve, self.host, self._port, limit=MAX_LINE_BYTES
+        )
+        self._port = int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Close the listening socket and every open connection."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        # Ends normally when stop() cancels it: CPython 3.11's done-callback of a connection
+        # task calls task.exception(), which raises for a cancelled task.
+        with contextlib.suppress(asyncio.CancelledError):
+            try:
+                await serve_http_connection(reader, writer, self._route, label="host router")
+            finally:
+                if task is not None:
+                    self._connections.discard(task)
+
+    def _route(self, headers: Mapping[str, str] | None) -> SimulatedUnit | None:
+        if headers is None:
+            return None
+        host = headers.get("host", "").partition(":")[0]
+        return self._units.get(host.strip().lower())
+
+
 # ---- many units and the CLI -------------------------------------------------------------------
 
 _MAX_UNITS: Final = 1000

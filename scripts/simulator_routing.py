@@ -13,9 +13,10 @@ cost is not measured; "p99 ms" is its 99th-percentile request-to-response time i
 "missed" the once-a-second slots it skipped because an answer came more than a second late.
 
 * ``port``: one :class:`~bridge.simulator.UnitServer`, so one listening socket, per unit.
-* ``host``: one :class:`HostRoutedServer`: a single listening socket; the ``Host`` header (the
-  unit's serial) picks the unit. Only body-level quirks matter to this comparison; the transport
-  quirks are not supported in this mode (``refuse`` is ignored, the others are untested).
+* ``host``: one :class:`~bridge.simulator.HostRoutedServer`: a single listening socket; the
+  ``Host`` header (the unit's serial) picks the unit. Only body-level quirks matter to this
+  comparison; the transport quirks are not supported in this mode (``refuse`` is ignored, the
+  others are untested).
 """
 
 # ruff: noqa: INP001 - a script run by path, not a module of a package
@@ -36,21 +37,16 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal, NoReturn, Self, TypeAlias, cast, get_args
+from typing import Final, Literal, NoReturn, TypeAlias, cast, get_args
 
 from bridge.simulator import (
-    MAX_LINE_BYTES,
     VITALS_PATH,
-    SimulatedUnit,
+    HostRoutedServer,
     UnitServer,
     bench_units,
-    serve_http_connection,
 )
-
-if TYPE_CHECKING:
-    from types import TracebackType
 
 Mode: TypeAlias = Literal["port", "host"]
 MODES: Final[tuple[Mode, ...]] = get_args(Mode)
@@ -77,85 +73,6 @@ Target: TypeAlias = tuple[int, str]  # port to connect to, Host header to send
 
 class RoutingError(Exception):
     """A measurement could not be made (one-line reason)."""
-
-
-# ---- the host-routed server ------------------------------------------------------------------
-
-
-class HostRoutedServer:
-    """Serves many simulated units on one listening socket on 127.0.0.1, routed by ``Host``.
-
-    ``Host: <serial>`` (any case; a ``:port`` suffix is ignored) picks the unit; an unknown or
-    missing host is answered 404. Requests are read and answered by the simulator's own code
-    (:func:`bridge.simulator.serve_http_connection`), so every unit answers exactly as on its
-    own :class:`~bridge.simulator.UnitServer`. Transport quirks are not supported: ``refuse`` is
-    ignored (there is no listener per unit to close), the others are untested in this mode.
-    """
-
-    def __init__(self, units: Sequence[SimulatedUnit], *, port: int = 0) -> None:
-        self._units = {unit.serial.lower(): unit for unit in units}
-        if len(self._units) != len(units):
-            raise ValueError("two units share a serial number")
-        self._port = port
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-
-    @property
-    def port(self) -> int:
-        """The listening port (the requested one until started)."""
-        return self._port
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        """Bind and listen."""
-        if self._server is not None:
-            return
-        self._server = await asyncio.start_server(
-            self._serve, LOOPBACK, self._port, limit=MAX_LINE_BYTES
-        )
-        self._port = int(self._server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        """Close the listening socket and every open connection."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        tasks = list(self._connections)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
-        # Ends normally when stop() cancels it: CPython 3.11's done-callback of a connection
-        # task calls task.exception(), which raises for a cancelled task.
-        with contextlib.suppress(asyncio.CancelledError):
-            try:
-                await serve_http_connection(reader, writer, self._route, label="host router")
-            finally:
-                if task is not None:
-                    self._connections.discard(task)
-
-    def _route(self, headers: Mapping[str, str] | None) -> SimulatedUnit | None:
-        if headers is None:
-            return None
-        host = headers.get("host", "").partition(":")[0]
-        return self._units.get(host.strip().lower())
 
 
 # ---- child processes -------------------------------------------------------------------------
