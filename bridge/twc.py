@@ -207,8 +207,11 @@ class _Http11Transport(httpx.AsyncBaseTransport):
     work; the units need nothing but GET over HTTP/1.1 (parsed by :mod:`bridge.http11`).
     """
 
-    def __init__(self, *, source_address: str | None) -> None:
+    def __init__(
+        self, *, source_address: str | None, connect_to: tuple[str, int] | None = None
+    ) -> None:
         self._source_address = source_address
+        self._connect_to = connect_to
         self._connection: _Connection | None = None
         self._lock = asyncio.Lock()
         self._closed = False
@@ -229,13 +232,15 @@ class _Http11Transport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
         loop = asyncio.get_running_loop()
         https = url.scheme == "https"
+        host, port = self._connect_to or (url.host, url.port or (443 if https else 80))
         try:
             async with asyncio.timeout(timeouts.get("connect")):
                 _, connection = await loop.create_connection(
                     _Connection,
-                    url.host,
-                    url.port or (443 if https else 80),
+                    host,
+                    port,
                     ssl=_tls_context() if https else None,
+                    server_hostname=url.host if https else None,
                     local_addr=(self._source_address, 0) if self._source_address else None,
                 )
         except TimeoutError:
@@ -296,9 +301,17 @@ class _Http11Transport(httpx.AsyncBaseTransport):
             connection.close()
 
 
-def http_transport(source_address: str | None = None) -> httpx.AsyncBaseTransport:
-    """The transport :class:`TwcClient` uses by default (also for the benchmark's baseline)."""
-    return _Http11Transport(source_address=source_address)
+def http_transport(
+    source_address: str | None = None, *, connect_to: tuple[str, int] | None = None
+) -> httpx.AsyncBaseTransport:
+    """The transport :class:`TwcClient` uses by default (also for the benchmark's baseline).
+
+    ``connect_to`` (host, port) is where to open the connection instead of the URL's host and
+    port, as curl's ``--connect-to``: requests still name the URL's host (``Host`` header, TLS
+    name). The benchmark reaches many named units behind one Host-routed simulator port with it,
+    as a LAN's name service would send them to their own addresses.
+    """
+    return _Http11Transport(source_address=source_address, connect_to=connect_to)
 
 
 class TwcClient:

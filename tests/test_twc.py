@@ -19,6 +19,7 @@ from bridge.twc import (
     TwcClient,
     TwcError,
     TwcUnreachableError,
+    http_transport,
 )
 
 VITALS = b'{"contactor_closed":false,"grid_v":241.3,"pilot_low_v":-0.0,"avg":nan'
@@ -563,6 +564,21 @@ async def test_source_address_not_on_this_host_is_no_route() -> None:
     assert isinstance(error, TwcUnreachableError)
     assert error.reason == "no route"
     assert wire.connections == 0
+
+
+async def test_connect_to_reaches_a_named_unit_at_another_address() -> None:
+    """``connect_to`` opens the connection there; the request still names the URL's host."""
+    async with asyncio.timeout(10), _serve(_answer(_http(VITALS), keep=True)) as wire:
+        port = int(wire.url.rpartition(":")[2])
+        client = TwcClient(
+            "http://unit-7.invalid:8123", transport=http_transport(connect_to=("127.0.0.1", port))
+        )
+        try:
+            assert await client.fetch("vitals") == VITALS
+        finally:
+            await client.aclose()
+    assert wire.connections == 1
+    assert b"\r\nhost: unit-7.invalid:8123\r\n" in wire.requests[0].lower()
 
 
 async def test_aclose_is_safe_unused_and_twice() -> None:
