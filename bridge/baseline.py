@@ -23,6 +23,7 @@ TOPIC_PREFIX = "twc3-bench-bare"
 async def run_bare(
     urls: list[str],
     *,
+    connect_to: tuple[str, int] | None = None,
     host: str,
     port: int,
     interval: float,
@@ -33,7 +34,8 @@ async def run_bare(
 ) -> None:
     """Poll every unit each ``interval`` until ``stop`` is set, counting into ``counts``.
 
-    Units start in ``slots`` groups spread over the interval, as the bridge's do.
+    Units start in ``slots`` groups spread over the interval, as the bridge's do. ``connect_to``
+    is passed to :func:`~bridge.twc.http_transport` (the bench's Host-routed simulator).
     ``counts`` gets ``vitals`` (bodies read), ``sent`` (publishes done) and ``errors``.
     """
     loop = asyncio.get_running_loop()
@@ -41,7 +43,9 @@ async def run_bare(
         # Many units awaiting a publish at once is normal here; do not log a warning each time.
         mqtt.pending_calls_threshold = len(urls) + 10
         clients = [
-            httpx.AsyncClient(base_url=url, transport=http_transport(), timeout=10.0)
+            httpx.AsyncClient(
+                base_url=url, transport=http_transport(connect_to=connect_to), timeout=10.0
+            )
             for url in urls
         ]
 

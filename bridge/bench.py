@@ -2,7 +2,11 @@
 
 Three processes, so that the CPU and memory measured are the bridge's alone:
 
-* a **simulator** child serves N :class:`~bridge.simulator.SimulatedUnit` on free loopback ports;
+* a **simulator** child serves N :class:`~bridge.simulator.SimulatedUnit` on one free loopback
+  port, routed by the ``Host`` header (:class:`~bridge.simulator.HostRoutedServer`): measured
+  lighter than a port per unit (``scripts/simulator_routing.py``). Each unit is a connector named
+  by its serial (``http://sim0000000001:<port>``); the bridge's clients connect to the one port
+  (``http_transport(connect_to=...)``, standing in for a LAN's name service) and send that name;
 * a **subscriber** child listens to ``<base>/+/vitals/uptime_s`` and timestamps every arrival;
 * this process runs the real :class:`~bridge.app.Bridge` (then a bare baseline) and measures
   ``time.process_time()`` and ``ru_maxrss`` of itself.
@@ -59,7 +63,7 @@ from bridge.config import (
 from bridge.models import ENDPOINTS, Endpoint
 from bridge.mqtt import MqttLink, MqttUnavailableError, delete_retained, subscribe
 from bridge.outbox import Message, Outbox
-from bridge.twc import TwcClient, TwcError
+from bridge.twc import TwcClient, TwcError, http_transport
 
 LONG_INTERVAL_S: Final = 3600.0
 CHILD_START_TIMEOUT_S: Final = 120.0
@@ -69,6 +73,19 @@ RUN_ID: Final = f"twc3-bench-{os.getpid()}"
 BASE_TOPIC: Final = RUN_ID
 DISCOVERY_PREFIX: Final = f"{RUN_ID}-homeassistant"
 BASELINES: Final = ("bare", "matched")
+LOOPBACK: Final = "127.0.0.1"
+SIMULATOR_ROUTING: Final = "one port, routed by Host header"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Units:
+    """The simulated units as every measured client reaches them."""
+
+    urls: list[str]  # http://<serial>:<port>, one per unit
+    connect_to: tuple[str, int]  # the simulator's one listening address
+
+    def client(self, url: str) -> TwcClient:
+        return TwcClient(url, transport=http_transport(connect_to=self.connect_to))
 
 
 # ---- child processes -------------------------------------------------------------------------
@@ -84,23 +101,19 @@ def _wait_readable(conn: multiprocessing.connection.Connection) -> asyncio.Event
 
 async def _simulator_main(conn: multiprocessing.connection.Connection, units: int) -> None:
     from bridge.simulator import (  # noqa: PLC0415 - only the child needs the simulator
-        UnitServer,
+        HostRoutedServer,
         bench_units,
     )
 
-    servers: list[UnitServer] = []
-    ticks: list[tuple[str, float]] = []
-    for unit in bench_units(units):
-        server = UnitServer(unit)
-        await server.start()
-        servers.append(server)
+    simulated = bench_units(units)
+    async with HostRoutedServer(simulated, host=LOOPBACK) as server:
         # The monotonic moment uptime_s was 0 (speed 1): uptime U first shows at tick + U.
-        tick = unit._clock_origin + unit._booted_at  # noqa: SLF001 - the bench reads the clock
-        ticks.append((server.url, tick))
-    conn.send(ticks)
-    await _wait_readable(conn).wait()
-    for server in servers:
-        await server.stop()
+        ticks = [
+            (unit.serial.lower(), unit._clock_origin + unit._booted_at)  # noqa: SLF001 - the clock
+            for unit in simulated
+        ]
+        conn.send((server.port, ticks))
+        await _wait_readable(conn).wait()
 
 
 def _simulator_child(conn: multiprocessing.connection.Connection, units: int) -> None:
@@ -169,8 +182,8 @@ class _Child:
 class _CountingClient(TwcClient):
     """A :class:`TwcClient` that counts successful vitals reads and failures."""
 
-    def __init__(self, base_url: str, counts: dict[str, int]) -> None:
-        super().__init__(base_url)
+    def __init__(self, base_url: str, counts: dict[str, int], units: _Units) -> None:
+        super().__init__(base_url, transport=http_transport(connect_to=units.connect_to))
         self._counts = counts
 
     async def fetch(self, endpoint: Endpoint | str) -> bytes:
@@ -250,7 +263,7 @@ def _rss_mb() -> float:
 
 
 def _bridge_config(
-    urls: list[str], *, host: str, port: int, interval: float, data_dir: Path, discovery: str
+    units: _Units, *, host: str, port: int, interval: float, data_dir: Path, discovery: str
 ) -> BridgeConfig:
     return BridgeConfig(
         bridge=BridgeSection(data_dir=data_dir),
@@ -265,16 +278,16 @@ def _bridge_config(
         ),
         connectors=[
             ConnectorConfig(host=url.removeprefix("http://"), id=f"bench{index:04d}")
-            for index, url in enumerate(urls, start=1)
+            for index, url in enumerate(units.urls, start=1)
         ],
     )
 
 
 async def _measure_bridge(
-    config: BridgeConfig, seconds: float, warmup_max_s: float
+    config: BridgeConfig, units: _Units, seconds: float, warmup_max_s: float
 ) -> tuple[dict[str, float], float, float, list[str]]:
     counts = {"vitals": 0, "sent": 0, "errors": 0}
-    bridge = Bridge(config, client_factory=lambda c: _CountingClient(c.base_url, counts))
+    bridge = Bridge(config, client_factory=lambda c: _CountingClient(c.base_url, counts, units))
     _count_sent(bridge.outbox, counts)
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))
@@ -291,7 +304,7 @@ async def _measure_bridge(
 
 
 async def _measure_matched_baseline(
-    urls: list[str], host: str, port: int, interval: float, seconds: float
+    units: _Units, host: str, port: int, interval: float, seconds: float
 ) -> tuple[dict[str, float], list[str]]:
     counts = {"vitals": 0, "sent": 0, "errors": 0}
     outbox = Outbox()
@@ -300,7 +313,7 @@ async def _measure_matched_baseline(
     link = MqttLink(
         MqttConfig(host=host, port=port, client_id=prefix), outbox, state_topic=f"{prefix}/state"
     )
-    clients = [TwcClient(url) for url in urls]
+    clients = [units.client(url) for url in units.urls]
     stop = asyncio.Event()
 
     async def poll(index: int, client: TwcClient) -> None:
@@ -332,13 +345,14 @@ async def _measure_matched_baseline(
 
 
 async def _measure_bare_baseline(
-    urls: list[str], host: str, port: int, interval: float, seconds: float
+    units: _Units, host: str, port: int, interval: float, seconds: float
 ) -> tuple[dict[str, float], list[str]]:
     counts = {"vitals": 0, "sent": 0, "errors": 0}
     stop = asyncio.Event()
     task = asyncio.create_task(
         run_bare(
-            urls,
+            units.urls,
+            connect_to=units.connect_to,
             host=host,
             port=port,
             interval=interval,
@@ -392,22 +406,27 @@ async def run_bench(
     subscriber: _Child | None = None
     created: list[str] = []
     try:
-        unit_ticks: list[tuple[str, float]] = simulator.receive()
-        urls = [url for url, _ in unit_ticks]
+        simulator_port, unit_ticks = simulator.receive()
+        simulated = _Units(
+            urls=[f"http://{name}:{simulator_port}" for name, _ in unit_ticks],
+            connect_to=(LOOPBACK, simulator_port),
+        )
         ticks = {f"bench{i:04d}": tick for i, (_, tick) in enumerate(unit_ticks, start=1)}
         # Passed on: the child's own RUN_ID would carry its own process id.
         subscriber = _Child(_subscriber_child, host, port, BASE_TOPIC)
         subscriber.receive()
         with tempfile.TemporaryDirectory(prefix="twc3-bench-") as data_dir:
             config = _bridge_config(
-                urls,
+                simulated,
                 host=host,
                 port=port,
                 interval=interval,
                 data_dir=Path(data_dir),
                 discovery=discovery,
             )
-            bridge, start, end, created = await _measure_bridge(config, seconds, warmup_max_s)
+            bridge, start, end, created = await _measure_bridge(
+                config, simulated, seconds, warmup_max_s
+            )
         bridge["peak_rss_mb"] = _rss_mb()
         subscriber.conn.send("stop")
         records: list[tuple[float, str, bytes]] = subscriber.receive()
@@ -422,11 +441,12 @@ async def run_bench(
             "interval_s": interval,
             "discovery": discovery,
             "broker": f"{host}:{port}",
+            "simulator": SIMULATOR_ROUTING,
             "bridge": bridge,
         }
         measure = {"bare": _measure_bare_baseline, "matched": _measure_matched_baseline}
         for name in baselines:
-            figures, topics = await measure[name](urls, host, port, interval, seconds)
+            figures, topics = await measure[name](simulated, host, port, interval, seconds)
             created += topics
             result[f"baseline_{name}"] = figures
             if figures["polls"] and bridge["polls"]:
@@ -480,7 +500,10 @@ def format_table(result: dict[str, Any]) -> str:
     for name in names:
         ratio = result.get(f"cpu_per_poll_ratio_{name}", "n/a")
         lines.append(f"{f'CPU per poll / {name}':26}{ratio!s:>14}")
-    lines.append(f"discovery: {result['discovery']}, broker {result['broker']}")
+    lines.append(
+        f"discovery: {result['discovery']}, broker {result['broker']},"
+        f" simulator: {result['simulator']}"
+    )
     return "\n".join(lines)
 
 

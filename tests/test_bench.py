@@ -45,6 +45,7 @@ def test_bench_reports_every_figure_and_leaves_no_retained_topic(
     result = json.loads(out.read_text())
     bridge = result["bridge"]
     assert result["units"] == 3
+    assert result["simulator"] == "one port, routed by Host header"
     assert bridge["polls_per_s"] > 0
     for name in ("bare", "matched"):
         base = result[f"baseline_{name}"]
