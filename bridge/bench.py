@@ -60,7 +60,7 @@ from bridge.config import (
     MqttConfig,
     PollingConfig,
 )
-from bridge.models import ENDPOINTS, Endpoint
+from bridge.models import Endpoint
 from bridge.mqtt import MqttLink, MqttUnavailableError, delete_retained, subscribe
 from bridge.outbox import Message, Outbox
 from bridge.twc import TwcClient, TwcError, http_transport
@@ -287,13 +287,17 @@ async def _measure_bridge(
     config: BridgeConfig, units: _Units, seconds: float, warmup_max_s: float
 ) -> tuple[dict[str, float], float, float, list[str]]:
     counts = {"vitals": 0, "sent": 0, "errors": 0}
-    bridge = Bridge(config, client_factory=lambda c: _CountingClient(c.base_url, counts, units))
+    bridge = Bridge(
+        config,
+        client_factory=lambda c: _CountingClient(c.base_url, counts, units),
+        freeze_heap_when_settled=True,  # as twc3-bridge run does
+    )
     _count_sent(bridge.outbox, counts)
     stop = asyncio.Event()
     task = asyncio.create_task(bridge.run(stop))
     # Warm-up: every unit read all four endpoints once (discovery is out), then 2 s more.
     for _ in range(int(warmup_max_s / 0.2)):
-        if all(len(p.attempted) == len(ENDPOINTS) and p.status.online for p in bridge.pollers):
+        if bridge.settled() and all(p.status.online for p in bridge.pollers):
             break
         await asyncio.sleep(0.2)
     start, end = await _measured(counts, seconds, warmup_s=2.0)
