@@ -63,6 +63,9 @@ class Outbox:
         self._dirty: dict[str, None] = {}  # an ordered set: publish in the order values arrived
         self._deletions: dict[str, None] = {}
         self._events: deque[Message] = deque(maxlen=max_events)
+        # How many events at the head of the queue were handed to the broker, not yet confirmed:
+        # pending() skips them; they leave the queue once confirmed, or go again after a drop.
+        self._events_handed = 0
         self.dropped_events = 0
         self._wakeup = asyncio.Event()
 
@@ -93,8 +96,21 @@ class Outbox:
         """Queue a non-retained message; the oldest are dropped beyond the queue bound."""
         if len(self._events) == self._events.maxlen:
             self.dropped_events += 1
+            if self._events_handed:  # the oldest goes, and it was handed over
+                self._events_handed -= 1
         self._events.append(Message(topic, payload, retain=False))
         self._wakeup.set()
+
+    @property
+    def unconfirmed_events(self) -> int:
+        """Events handed to the broker whose arrival it has not confirmed yet."""
+        return self._events_handed
+
+    def requeue_unconfirmed_events(self) -> None:
+        """The connection dropped: events handed over but not confirmed are pending again."""
+        self._events_handed = 0
+        if self._events:
+            self._wakeup.set()
 
     def get(self, topic: str) -> str | None:
         """The current retained value of a topic, published or not."""
@@ -144,7 +160,9 @@ class Outbox:
         chunk's worth of their text exists at a time.
         """
         if limit is None:
-            limit = len(self._deletions) + len(self._dirty) + len(self._events)
+            limit = (
+                len(self._deletions) + len(self._dirty) + len(self._events) - self._events_handed
+            )
         batch = [Message(topic, "") for topic in islice(self._deletions, limit)]
         retained = self._retained
         for topic in islice(self._dirty, limit - len(batch)):
@@ -153,14 +171,27 @@ class Outbox:
                 batch.append(Message(topic, value.text(), source=value))
             else:
                 batch.append(Message(topic, value))
-        batch.extend(islice(self._events, limit - len(batch)))
+        first_event = self._events_handed
+        batch.extend(islice(self._events, first_event, first_event + limit - len(batch)))
         return batch
+
+    def mark_handed(self, message: Message) -> None:
+        """Record that event ``message`` went to the broker unconfirmed: pending() skips it now.
+
+        It leaves the queue with :meth:`mark_sent` once confirmed, or is pending again after
+        :meth:`requeue_unconfirmed_events`. Retained values need no such step.
+        """
+        handed = self._events_handed
+        if not message.retain and handed < len(self._events) and self._events[handed] == message:
+            self._events_handed += 1
 
     def mark_sent(self, message: Message) -> None:
         """Record that ``message`` reached the broker."""
         if not message.retain:
             if self._events and self._events[0] == message:
                 self._events.popleft()
+                if self._events_handed:
+                    self._events_handed -= 1
             return
         if not message.payload:
             self._deletions.pop(message.topic, None)
@@ -176,6 +207,6 @@ class Outbox:
 
     async def wait(self) -> None:
         """Wait until something is pending."""
-        while not (self._dirty or self._deletions or self._events):
+        while not (self._dirty or self._deletions or len(self._events) > self._events_handed):
             self._wakeup.clear()
             await self._wakeup.wait()

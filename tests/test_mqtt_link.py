@@ -181,7 +181,7 @@ async def test_broker_killed_mid_burst_unconfirmed_events_stay_pending_then_all_
 ) -> None:
     outbox = Outbox()
     link = link_for(broker.port, outbox)
-    link._clock = lambda: 0.0  # frozen: barriers come from the message count and from events
+    link._clock = lambda: 0.0  # frozen: no barrier comes from the time since the last one
     expected = burst(10 * MAX_BATCH)
     events = [f"event-{n}" for n in range(20)]
     async with running(link):
@@ -197,11 +197,15 @@ async def test_broker_killed_mid_burst_unconfirmed_events_stay_pending_then_all_
             outbox.put(topic, payload)
         for payload in events:
             outbox.event("test/events", payload)
+        # All is handed over without a barrier; then, idle with events unconfirmed, the link
+        # publishes ``online`` as their barrier, and the broker dies just before it.
         await eventually(lambda: not link.connected.is_set(), 15)
+        assert barriers.calls == 1
         # The retained values were handed over (a reconnect republishes them all anyway); the
-        # events' chunk lost its barrier, so none of them counts as sent.
+        # events' barrier was lost, so none of them counts as sent: all are pending again.
         assert outbox.pending() == [
-            Message("test/events", payload, retain=False) for payload in events
+            Message(STATE_TOPIC, "online"),
+            *(Message("test/events", payload, retain=False) for payload in events),
         ]
         broker.start()  # same port, empty: persistence is off
         want = {**expected, STATE_TOPIC: "online"}
@@ -214,10 +218,10 @@ async def test_broker_killed_mid_burst_unconfirmed_events_stay_pending_then_all_
 
 
 @pytest.mark.broker
-async def test_small_chunks_share_a_barrier_but_events_and_time_force_one(
+async def test_small_chunks_share_a_barrier_but_time_forces_one(
     broker: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A poll's few retained values cost no round trip; events and a second's wait do."""
+    """A poll's few retained values or events cost no round trip; a second's wait does."""
     outbox = Outbox()
     link = link_for(broker.port, outbox)
     clock = [0.0]
@@ -235,7 +239,13 @@ async def test_small_chunks_share_a_barrier_but_events_and_time_force_one(
         assert barriers.calls == 1  # ten chunks within a second: handed over, not awaited
         outbox.event("test/events", "plugged_in")
         await drained(outbox)
-        assert barriers.calls == 2  # an event is confirmed before it counts as sent
+        assert outbox.unconfirmed_events == 1  # handed over, not awaited
+        outbox.put("test/a", "12")
+        await drained(outbox)
+        assert (barriers.calls, outbox.unconfirmed_events) == (1, 1)
+        # Idle with an event unconfirmed: ``online`` again is its barrier, within a second.
+        await eventually(lambda: outbox.unconfirmed_events == 0, 3 * CONFIRM_EVERY_S)
+        assert barriers.calls == 2
         clock[0] += CONFIRM_EVERY_S
         outbox.put("test/a", "last")
         await drained(outbox)

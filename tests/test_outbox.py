@@ -295,6 +295,71 @@ def test_no_drops_within_the_bound() -> None:
     assert len(outbox.pending()) == 3
 
 
+def test_handed_events_are_not_pending_until_requeued() -> None:
+    """A handed-over event is skipped by pending(); after a drop it is pending again, in order."""
+    outbox, _ = _outbox()
+    for payload in ("1", "2", "3"):
+        outbox.event("e", payload)
+    outbox.mark_handed(Message("e", "1", retain=False))
+    outbox.mark_handed(Message("e", "2", retain=False))
+    assert outbox.pending() == [Message("e", "3", retain=False)]
+    assert outbox.unconfirmed_events == 2
+    outbox.requeue_unconfirmed_events()
+    assert [message.payload for message in outbox.pending()] == ["1", "2", "3"]
+    assert outbox.unconfirmed_events == 0
+
+
+def test_confirmed_events_leave_the_queue_and_the_handed_count() -> None:
+    """mark_sent after mark_handed removes the event; the rest stays as it was."""
+    outbox, _ = _outbox()
+    for payload in ("1", "2", "3"):
+        outbox.event("e", payload)
+    for payload in ("1", "2"):
+        outbox.mark_handed(Message("e", payload, retain=False))
+    outbox.mark_sent(Message("e", "1", retain=False))
+    assert outbox.unconfirmed_events == 1
+    assert outbox.pending() == [Message("e", "3", retain=False)]
+    outbox.requeue_unconfirmed_events()
+    assert [message.payload for message in outbox.pending()] == ["2", "3"]
+
+
+def test_handing_over_out_of_order_or_a_retained_value_changes_nothing() -> None:
+    """Only the next unhanded event can be handed over; retained values are never counted."""
+    outbox, _ = _outbox()
+    outbox.event("e", "1")
+    outbox.event("e", "2")
+    outbox.put("t", "1")
+    outbox.mark_handed(Message("e", "2", retain=False))
+    outbox.mark_handed(Message("t", "1"))
+    assert outbox.unconfirmed_events == 0
+
+
+def test_dropping_a_handed_event_for_a_new_one_keeps_the_count_right() -> None:
+    """A full queue drops its oldest event even when handed over; the new one is pending."""
+    outbox, _ = _outbox(max_events=2)
+    outbox.event("e", "1")
+    outbox.event("e", "2")
+    outbox.mark_handed(Message("e", "1", retain=False))
+    outbox.event("e", "3")  # drops "1"
+    assert outbox.unconfirmed_events == 0
+    assert [message.payload for message in outbox.pending()] == ["2", "3"]
+    outbox.mark_sent(Message("e", "1", retain=False))  # its confirmation comes late: no effect
+    assert [message.payload for message in outbox.pending()] == ["2", "3"]
+
+
+async def test_wait_blocks_while_only_handed_events_are_queued() -> None:
+    """Handed-over events are not work to do: wait() blocks until something else comes."""
+    outbox, _ = _outbox()
+    outbox.event("e", "1")
+    outbox.mark_handed(Message("e", "1", retain=False))
+    async with asyncio.timeout(2):
+        waiter = asyncio.create_task(outbox.wait())
+        await asyncio.sleep(0.01)
+        assert not waiter.done()
+        outbox.requeue_unconfirmed_events()
+        await waiter
+
+
 def test_events_can_carry_an_empty_payload() -> None:
     """An empty non-retained payload deletes nothing and is allowed."""
     outbox, _ = _outbox()
