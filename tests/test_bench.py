@@ -64,6 +64,9 @@ def test_bench_reports_every_figure_and_leaves_no_retained_topic(
     p50, p99 = bridge["change_to_message_p50_s"], bridge["change_to_message_p99_s"]
     assert math.isfinite(p99)
     assert 0 <= p50 <= p99 < 5
+    # The window began once startup was over: every unit read and everything published.
+    assert 0 < bridge["startup_s"] < 60
+    assert "startup (all published) s" in completed.stdout
     # Its own base topic and discovery prefix, deleted at the end: nothing stays retained.
     assert asyncio.run(collect_retained(broker.port, "#")) == {}
 
