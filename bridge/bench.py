@@ -154,20 +154,34 @@ def _subscriber_child(
     asyncio.run(_subscriber_main(conn, host, port, base_topic))
 
 
+class BenchChildError(Exception):
+    """A child process of the bench died or did not answer; the message says which."""
+
+
 class _Child:
     """A spawned child process talking over a pipe; stopped by sending it anything."""
 
     def __init__(self, target: Callable[..., None], *args: object) -> None:
         context = multiprocessing.get_context("spawn")
         self.conn, child_conn = context.Pipe()
-        self.process = context.Process(target=target, args=(child_conn, *args), daemon=True)
+        name = getattr(target, "__name__", "child").strip("_").replace("_", " ")
+        self.process = context.Process(
+            target=target, args=(child_conn, *args), daemon=True, name=f"the bench's {name}"
+        )
         self.process.start()
         child_conn.close()
 
     def receive(self, timeout_s: float = CHILD_START_TIMEOUT_S) -> Any:  # noqa: ANN401 - pickled
-        if not self.conn.poll(timeout_s):
-            raise RuntimeError("bench child process did not answer in time")
-        return self.conn.recv()
+        name = self.process.name
+        try:
+            if not self.conn.poll(timeout_s):
+                raise BenchChildError(f"{name} did not answer within {timeout_s:.0f} s")
+            return self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join(5)
+            raise BenchChildError(
+                f"{name} stopped (exit code {self.process.exitcode}); its error is above"
+            ) from None
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
@@ -550,18 +564,26 @@ def bench_main(
     if problem is not None:
         print(f"error: cannot use the broker {host}:{port}: {problem}", file=sys.stderr)  # noqa: T201
         return 1
-    result = asyncio.run(
-        run_bench(
-            units=units,
-            seconds=seconds,
-            host=host,
-            port=port,
-            interval=interval,
-            discovery=discovery,
-            baselines=baselines,
+    try:
+        result = asyncio.run(
+            run_bench(
+                units=units,
+                seconds=seconds,
+                host=host,
+                port=port,
+                interval=interval,
+                discovery=discovery,
+                baselines=baselines,
+            )
         )
-    )
+    except BenchChildError as error:
+        print(f"error: bench: {error}", file=sys.stderr)  # noqa: T201
+        return 1
     print(format_table(result))  # noqa: T201 - the command's output
     if json_path is not None:
-        json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        try:
+            json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        except OSError as error:
+            print(f"error: cannot write {json_path}: {error.strerror or error}", file=sys.stderr)  # noqa: T201
+            return 1
     return 0

@@ -8,9 +8,12 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bridge import bench
+from bridge.bench import BenchChildError, _Child
 from tests.conftest import Broker, collect_retained
 
 pytestmark = pytest.mark.broker
@@ -93,3 +96,59 @@ def test_bench_with_no_broker_says_so_in_one_line() -> None:
     assert completed.returncode == 1
     (line,) = completed.stderr.strip().splitlines()
     assert line.startswith("error: cannot use the broker 127.0.0.1:1")
+
+
+def _dies_at_once(_conn: object, code: int) -> None:
+    raise SystemExit(code)
+
+
+def test_a_child_process_that_dies_is_a_clear_error_not_a_traceback() -> None:
+    """A simulator or subscriber child that stops before answering: BenchChildError says so."""
+    child = _Child(_dies_at_once, 3)
+    try:
+        with pytest.raises(BenchChildError, match=r"dies at once stopped \(exit code 3\)"):
+            child.receive(timeout_s=60)
+    finally:
+        child.stop()
+
+
+def test_bench_main_reports_a_dead_child_and_an_unwritable_json_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    async def reachable(*_: object) -> None:
+        return None
+
+    async def dead_child(**_: object) -> dict[str, object]:
+        raise BenchChildError("the bench's simulator child stopped (exit code 1)")
+
+    async def finished(**_: object) -> dict[str, object]:
+        return {
+            "units": 1,
+            "interval_s": 1.0,
+            "discovery": "entity",
+            "broker": "127.0.0.1:1",
+            "simulator": bench.SIMULATOR_ROUTING,
+            "bridge": {"polls_per_s": 1.0},
+        }
+
+    monkeypatch.setattr(bench, "_broker_reachable", reachable)
+    arguments: dict[str, Any] = {
+        "units": 1,
+        "seconds": 1.0,
+        "host": "127.0.0.1",
+        "port": 1,
+        "interval": 1.0,
+        "discovery": "entity",
+    }
+    monkeypatch.setattr(bench, "run_bench", dead_child)
+    assert bench.bench_main(**arguments, json_path=None) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == "error: bench: the bench's simulator child stopped (exit code 1)"
+
+    monkeypatch.setattr(bench, "run_bench", finished)
+    unwritable = tmp_path / "missing-directory" / "out.json"
+    assert bench.bench_main(**arguments, json_path=unwritable) == 1
+    captured = capsys.readouterr()
+    assert "polls/s" in captured.out  # the table is printed before the JSON is written
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith(f"error: cannot write {unwritable}: No such file or directory")
