@@ -327,7 +327,7 @@ class Bridge:
         self.save_energy()
 
     def save_energy(self) -> None:
-        """Write every unit's energy accumulator to the state file."""
+        """Put every unit's energy accumulator into the state file (written by the next flush)."""
         data = self.state_file.load()
         stored = data.get("energy")
         energy: dict[str, object] = dict(stored) if isinstance(stored, dict) else {}
@@ -338,13 +338,13 @@ class Bridge:
                 energy[serial] = poller.derivation.energy.to_json()
                 self._energy_saved[serial] = (poller.derivation.energy.total_wh, now)
         data["energy"] = energy
-        self.state_file.save(data)
+        self.state_file.update(data)
 
     async def _housekeeping(self) -> None:
         """Write the state file when something changed; send again topics not sent for long."""
         while True:
             await asyncio.sleep(STATE_FLUSH_INTERVAL_S)
-            self.state_file.flush()
+            await self.state_file.flush_in_thread()
             # Pollers skip unchanged values, so the outbox refreshes them (README: 5 minutes).
             # Not the discovery configs: those are sent again when Home Assistant restarts.
             self.outbox.refresh_stale(prefix=f"{self.config.mqtt.base_topic}/")
@@ -448,6 +448,7 @@ class Bridge:
                 await link_task
         finally:
             self.save_energy()
+            self.state_file.flush()
             for client in self.clients:
                 await client.aclose()
         logger.info("bridge stopped")

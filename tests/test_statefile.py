@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bridge.statefile import StateFile
+from bridge.statefile import StateFile, _snapshot
 
 LOGGER = "bridge.statefile"
 
@@ -178,3 +182,102 @@ def test_failed_flush_keeps_the_change_for_the_next_try(tmp_path: Path) -> None:
     state.path.parent.unlink()
     assert state.flush() is True
     assert json.loads(state.path.read_text(encoding="utf-8")) == {"kept": True}
+
+
+# --- writes in a worker thread ------------------------------------------------------------------
+
+
+def _hold_first_fsync(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Make the first fsync wait for ``release``; ``entered`` is set once it is waiting."""
+    entered, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def fsync(descriptor: int) -> None:
+        if not entered.is_set():
+            entered.set()
+            release.wait(10)
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return entered, release
+
+
+async def test_flush_in_thread_leaves_the_event_loop_free_and_writes_a_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the disk write waits, the loop runs on; later changes wait for the next flush."""
+    state = StateFile(tmp_path / "state.json")
+    data: dict[str, Any] = {"units": {"a": 1}}
+    state.update(data)
+    entered, release = _hold_first_fsync(monkeypatch)
+    flushing = asyncio.create_task(state.flush_in_thread())
+    assert await asyncio.to_thread(entered.wait, 10)
+    assert not flushing.done()  # the loop runs on while the thread waits in fsync
+    state.update({"units": {"a": 1, "b": 2}})
+    release.set()
+    assert await flushing is True
+    assert json.loads(state.path.read_text(encoding="utf-8")) == {"units": {"a": 1}}
+    assert state.dirty
+    assert await state.flush_in_thread() is True
+    assert json.loads(state.path.read_text(encoding="utf-8")) == {"units": {"a": 1, "b": 2}}
+    assert state.writes == 2
+
+
+async def test_flush_in_thread_failing_warns_once_and_keeps_the_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    state = _blocked(tmp_path)
+    state.update({"kept": True})
+    assert await state.flush_in_thread() is False
+    assert await state.flush_in_thread() is False
+    assert state.dirty
+    assert len(_messages(caplog, logging.WARNING)) == 1
+    state.path.parent.unlink()
+    assert await state.flush_in_thread() is True
+    assert json.loads(state.path.read_text(encoding="utf-8")) == {"kept": True}
+
+
+async def test_a_cancelled_flush_in_thread_leaves_the_change_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shutdown cancels the periodic flush mid-write; the final flush must still write."""
+    state = StateFile(tmp_path / "state.json")
+    state.update({"n": 1})
+    entered, release = _hold_first_fsync(monkeypatch)
+    flushing = asyncio.create_task(state.flush_in_thread())
+    assert await asyncio.to_thread(entered.wait, 10)
+    flushing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    assert state.dirty
+    release.set()
+    assert state.flush() is True  # waits for the thread's write, then writes the same state again
+    assert json.loads(state.path.read_text(encoding="utf-8")) == {"n": 1}
+
+
+def test_an_older_state_is_never_written_over_a_newer_one(tmp_path: Path) -> None:
+    """A slow write of an earlier state that gets its turn after a later one is skipped."""
+    state = StateFile(tmp_path / "state.json")
+    state.update({"n": 1})
+    older = (_snapshot(state._data), state._sequence + 1)  # what a flush in a thread would write
+    state._sequence += 1
+    state.update({"n": 2})
+    assert state.flush() is True
+    assert state._write(*older) is None
+    assert json.loads(state.path.read_text(encoding="utf-8")) == {"n": 2}
+
+
+def test_the_snapshot_is_a_copy_later_changes_do_not_reach() -> None:
+    topics = {"a/config": "garage"}
+    energy = {"S1": {"total_wh": 1.0, "history": [1, 2]}}
+    data: dict[str, Any] = {"discovery": {"topics": topics}, "energy": energy, "n": 3}
+    copy = _snapshot(data)
+    topics["b/config"] = "carport"
+    energy["S1"]["total_wh"] = 2.0
+    energy["S1"]["history"].append(3)  # type: ignore[attr-defined]
+    assert copy == {
+        "discovery": {"topics": {"a/config": "garage"}},
+        "energy": {"S1": {"total_wh": 1.0, "history": [1, 2]}},
+        "n": 3,
+    }
