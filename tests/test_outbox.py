@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -29,6 +30,16 @@ def _outbox(
 ) -> tuple[Outbox, FakeClock]:
     clock = FakeClock()
     return Outbox(clock=clock, refresh_s=refresh_s, max_events=max_events), clock
+
+
+async def _waits_until(outbox: Outbox, wake: Callable[[], object]) -> None:
+    """``outbox.wait()`` is still waiting a moment later, and returns once ``wake()`` ran."""
+    async with asyncio.timeout(2):
+        waiter = asyncio.create_task(outbox.wait())
+        await asyncio.sleep(0.01)
+        assert not waiter.done()
+        wake()
+        await waiter
 
 
 def _send_all(outbox: Outbox) -> list[Message]:
@@ -347,19 +358,6 @@ def test_dropping_a_handed_event_for_a_new_one_keeps_the_count_right() -> None:
     assert [message.payload for message in outbox.pending()] == ["2", "3"]
 
 
-async def test_wait_blocks_while_only_handed_events_are_queued() -> None:
-    """Handed-over events are not work to do: wait() blocks until something else comes."""
-    outbox, _ = _outbox()
-    outbox.event("e", "1")
-    outbox.mark_handed(Message("e", "1", retain=False))
-    async with asyncio.timeout(2):
-        waiter = asyncio.create_task(outbox.wait())
-        await asyncio.sleep(0.01)
-        assert not waiter.done()
-        outbox.requeue_unconfirmed_events()
-        await waiter
-
-
 def test_events_can_carry_an_empty_payload() -> None:
     """An empty non-retained payload deletes nothing and is allowed."""
     outbox, _ = _outbox()
@@ -457,29 +455,19 @@ def test_mark_sent_of_deletion_after_new_value_keeps_the_value() -> None:
 async def test_wait_returns_when_something_is_put() -> None:
     """wait() blocks while nothing is pending and returns after a put."""
     outbox, _ = _outbox()
-    async with asyncio.timeout(2):
-        waiter = asyncio.create_task(outbox.wait())
-        await asyncio.sleep(0.01)
-        assert not waiter.done()
-        outbox.put("t", "1")
-        await waiter
+    await _waits_until(outbox, lambda: outbox.put("t", "1"))
 
 
 @pytest.mark.parametrize("action", ["event", "delete", "put"])
 async def test_wait_wakes_for_every_kind_of_message(action: str) -> None:
     """An event, a deletion or a value each wake a waiting drainer."""
     outbox, _ = _outbox()
-    async with asyncio.timeout(2):
-        waiter = asyncio.create_task(outbox.wait())
-        await asyncio.sleep(0)
-        assert not waiter.done()
-        if action == "event":
-            outbox.event("e", "x")
-        elif action == "delete":
-            outbox.delete("t")
-        else:
-            outbox.put("t", "1")
-        await waiter
+    wake = {
+        "event": lambda: outbox.event("e", "x"),
+        "delete": lambda: outbox.delete("t"),
+        "put": lambda: outbox.put("t", "1"),
+    }[action]
+    await _waits_until(outbox, wake)
 
 
 async def test_wait_returns_at_once_when_already_pending() -> None:
@@ -518,12 +506,15 @@ async def test_wait_wakes_after_republish_all() -> None:
     outbox, _ = _outbox()
     outbox.put("t", "1")
     _send_all(outbox)
-    async with asyncio.timeout(2):
-        waiter = asyncio.create_task(outbox.wait())
-        await asyncio.sleep(0)
-        assert not waiter.done()
-        outbox.republish_all()
-        await waiter
+    await _waits_until(outbox, outbox.republish_all)
+
+
+async def test_wait_blocks_while_only_handed_events_are_queued() -> None:
+    """Handed-over events are not work to do: wait() blocks until something else comes."""
+    outbox, _ = _outbox()
+    outbox.event("e", "1")
+    outbox.mark_handed(Message("e", "1", retain=False))
+    await _waits_until(outbox, outbox.requeue_unconfirmed_events)
 
 
 # --- deferred payloads and bounded chunks ---------------------------------------------------------
