@@ -358,7 +358,6 @@ class MqttLink:
     async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         unconfirmed = 0
         confirmed_at = float("-inf")  # the first chunk after connecting is confirmed
-        handed_events: list[Message] = []  # handed over since the last barrier
         confirm_next = False
         while True:
             # One chunk at a time: only a chunk's worth of messages (and rendered configs) exists.
@@ -377,18 +376,15 @@ class MqttLink:
                         self.outbox.mark_sent(message)
                     else:
                         self.outbox.mark_handed(message)
-                        handed_events.append(message)
                 if confirm:
-                    for message in handed_events:
-                        self.outbox.mark_sent(message)
-                    handed_events.clear()
+                    self.outbox.confirm_handed_events()
                     unconfirmed = 0
                     confirm_next = False
                     confirmed_at = self.last_delivery = self._clock()
                 else:
                     await asyncio.sleep(0)  # let the pollers run between unconfirmed chunks
             # Unconfirmed events get their barrier from the next chunk, or from ``online``.
-            idle_limit_s = CONFIRM_EVERY_S if handed_events else None
+            idle_limit_s = CONFIRM_EVERY_S if self.outbox.unconfirmed_events else None
             if not await self._wait_for_work(stop, idle_limit_s):
                 self.outbox.put(self.state_topic, ONLINE, always=True)
                 confirm_next = True

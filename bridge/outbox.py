@@ -106,6 +106,11 @@ class Outbox:
         """Events handed to the broker whose arrival it has not confirmed yet."""
         return self._events_handed
 
+    def confirm_handed_events(self) -> None:
+        """A barrier after them was confirmed: every event handed over reached the broker."""
+        while self._events_handed:
+            self.mark_sent(self._events[0])
+
     def requeue_unconfirmed_events(self) -> None:
         """The connection dropped: events handed over but not confirmed are pending again."""
         self._events_handed = 0
@@ -178,8 +183,8 @@ class Outbox:
     def mark_handed(self, message: Message) -> None:
         """Record that event ``message`` went to the broker unconfirmed: pending() skips it now.
 
-        It leaves the queue with :meth:`mark_sent` once confirmed, or is pending again after
-        :meth:`requeue_unconfirmed_events`. Retained values need no such step.
+        It leaves the queue once confirmed (:meth:`confirm_handed_events`), or is pending again
+        after :meth:`requeue_unconfirmed_events`. Retained values need no such step.
         """
         handed = self._events_handed
         if not message.retain and handed < len(self._events) and self._events[handed] == message:

@@ -334,6 +334,20 @@ def test_confirmed_events_leave_the_queue_and_the_handed_count() -> None:
     assert [message.payload for message in outbox.pending()] == ["2", "3"]
 
 
+def test_confirming_removes_exactly_the_handed_events() -> None:
+    """A confirmed barrier takes every handed event out of the queue, and nothing else."""
+    outbox, _ = _outbox(max_events=3)
+    for payload in ("1", "2", "3"):
+        outbox.event("e", payload)
+    for payload in ("1", "2", "3"):
+        outbox.mark_handed(Message("e", payload, retain=False))
+    outbox.event("e", "4")  # drops the handed "1"
+    outbox.confirm_handed_events()
+    assert outbox.unconfirmed_events == 0
+    outbox.requeue_unconfirmed_events()
+    assert outbox.pending() == [Message("e", "4", retain=False)]
+
+
 def test_handing_over_out_of_order_or_a_retained_value_changes_nothing() -> None:
     """Only the next unhanded event can be handed over; retained values are never counted."""
     outbox, _ = _outbox()
