@@ -87,11 +87,10 @@ class StateFile:
         The data is kept in memory either way, so a failed write loses nothing while running;
         it stays pending, and the next flush tries again.
         """
-        if self._data is None or not self._dirty:
+        pending = self._take()
+        if pending is None:
             return True
-        self._dirty = False
-        self._sequence += 1
-        return self._written(self._write(self._data, self._sequence))
+        return self._written(self._write(*pending))
 
     async def flush_in_thread(self) -> bool:
         """:meth:`flush`, the disk write and fsync in a worker thread.
@@ -100,17 +99,24 @@ class StateFile:
         The file is ~7 MB at 1000 units: encoded and written in the event loop, it had stalled the
         bridge for 100-280 ms every few seconds while discovery changed.
         """
-        if self._data is None or not self._dirty:
+        pending = self._take()
+        if pending is None:
             return True
-        snapshot = _snapshot(self._data)
-        self._dirty = False
-        self._sequence += 1
+        data, sequence = pending
         try:
-            error = await asyncio.to_thread(self._write, snapshot, self._sequence)
+            error = await asyncio.to_thread(self._write, _snapshot(data), sequence)
         except asyncio.CancelledError:
             self._dirty = True  # the write may not have happened: the next flush makes sure
             raise
         return self._written(error)
+
+    def _take(self) -> tuple[dict[str, Any], int] | None:
+        """The state to write now and its number, or ``None`` when nothing is pending."""
+        if self._data is None or not self._dirty:
+            return None
+        self._dirty = False
+        self._sequence += 1
+        return self._data, self._sequence
 
     def _write(self, data: object, sequence: int) -> OSError | None:
         """Replace the file with ``data`` unless a later state is on disk; the error, if any."""

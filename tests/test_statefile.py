@@ -260,8 +260,9 @@ def test_an_older_state_is_never_written_over_a_newer_one(tmp_path: Path) -> Non
     """A slow write of an earlier state that gets its turn after a later one is skipped."""
     state = StateFile(tmp_path / "state.json")
     state.update({"n": 1})
-    older = (_snapshot(state._data), state._sequence + 1)  # what a flush in a thread would write
-    state._sequence += 1
+    taken = state._take()  # as a flush in a thread takes it, before its turn at the disk
+    assert taken is not None
+    older = (_snapshot(taken[0]), taken[1])
     state.update({"n": 2})
     assert state.flush() is True
     assert state._write(*older) is None
