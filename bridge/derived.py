@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeGuard
 
-from bridge.models import Vitals
+from bridge.models import CENTURY_S, Vitals
 
 PhaseMode = Literal["auto", "three_phase", "split_phase", "single_phase"]
 Role = Literal["leader", "follower", "standalone"]
@@ -144,11 +144,17 @@ def decode_ssid(raw: str | None) -> str | None:
 
 
 def last_boot(uptime_s: int | None, now: float) -> str | None:
-    """When the unit booted, as ISO 8601 UTC to the minute (uptime jitter would churn seconds)."""
-    if uptime_s is None or uptime_s < 0:
+    """When the unit booted, as ISO 8601 UTC to the minute (uptime jitter would churn seconds).
+
+    ``None`` for an uptime that is negative, over a century, or makes no representable date.
+    """
+    if uptime_s is None or not 0 <= uptime_s <= CENTURY_S:
         return None
-    boot = datetime.fromtimestamp(now - uptime_s, tz=UTC).replace(second=0, microsecond=0)
-    return boot.isoformat().replace("+00:00", "Z")
+    try:
+        boot = datetime.fromtimestamp(now - uptime_s, tz=UTC)
+    except (OverflowError, OSError, ValueError):  # a ``now`` far outside the calendar
+        return None
+    return boot.replace(second=0, microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def decode_alerts(alerts: list[int | str] | None) -> list[str]:
@@ -237,8 +243,11 @@ class SessionEnergy:
         if evidence or (self.reset_pending and session < base):
             self.reset_pending = False
             increase = session
-            if vitals.session_s:  # the session clock bounds energy since the reset
-                window = min(window, vitals.session_s + 5.0)
+            session_s = vitals.session_s
+            # The session clock bounds energy since the reset (only a sensible one: the model's
+            # bounds keep it to a century, this keeps direct callers from overflowing a float).
+            if session_s and 0 < session_s <= CENTURY_S:
+                window = min(window, session_s + 5.0)
         else:
             increase = session - base
             if increase < 0:  # a drop with no reset behind it: a glitch, not a new session

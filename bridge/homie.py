@@ -151,11 +151,7 @@ def homie_payload(datatype: Datatype, value: object, format_: str | None = None)
     if datatype == "boolean":
         return ("true" if value else "false") if isinstance(value, bool) else None
     if datatype in {"integer", "float"}:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return None
-        if not math.isfinite(value):
-            return None
-        return str(round(value)) if datatype == "integer" else format_number(value)
+        return _number_payload(value, integer=datatype == "integer")
     text = value if isinstance(value, str) else compact_json(value)
     if datatype == "enum":
         options = (format_ or "").split(",")
@@ -163,6 +159,18 @@ def homie_payload(datatype: Datatype, value: object, format_: str | None = None)
             return text
         return EVSE_STATE_UNKNOWN if EVSE_STATE_UNKNOWN in options else None
     return text or None
+
+
+def _number_payload(value: object, *, integer: bool) -> str | None:
+    # Any JSON number: integers of any size (math.isfinite would overflow on them), NaN, ±inf.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    try:
+        return str(round(value)) if integer else format_number(value)
+    except ValueError:  # more digits than int_max_str_digits allows in text
+        return None
 
 
 def node_properties(

@@ -2,15 +2,17 @@
 
 Every key is optional (keys come and go with firmware, twc3-api.md §4.4), unknown keys are kept
 (``extra="allow"``), and a value of the wrong type makes only that field ``None``: one odd field
-never costs the rest of the body.
+never costs the rest of the body. The physical bounds of every typed field live here too: a value
+outside them (an uptime of 2**64 s, a grid voltage of 1e308) is ``None`` in the model, so derived
+values treat it as unknown, while the raw body (``ParsedBody.fields``) keeps it for its own topic.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bridge.parsing import ParseError, decode_body
 
@@ -18,8 +20,43 @@ Endpoint = Literal["vitals", "lifetime", "version", "wifi_status"]
 ENDPOINTS: Final[tuple[Endpoint, ...]] = ("vitals", "lifetime", "version", "wifi_status")
 
 
+# Physical bounds, far wider than any real reading but narrow enough that arithmetic on them
+# (timestamps, power, energy sums) can never overflow. Outside them a value is unknown.
+CENTURY_S: Final = 100 * 365 * 86_400 + 25 * 86_400
+MAX_VOLTS: Final = 1_000.0  # pilot voltages are negative (-12 V), noise around 0 V too
+MAX_AMPS: Final = 1_000.0  # small negative noise on idle phases is a real reading
+MAX_HZ: Final = 1_000.0
+MIN_CELSIUS: Final = -100.0
+MAX_CELSIUS: Final = 300.0  # above the 255 °C "read invalid" sentinel, which clean_temperature maps
+MAX_MICROVOLTS: Final = 10**9
+# A century at 22 kW is under 2·10¹⁰ Wh; 10¹¹ leaves room and keeps sums exact enough.
+MAX_ENERGY_WH: Final = 1e11
+MAX_COUNT: Final = 10**12
+CODE_RANGE: Final = (-(2**31), 2**31 - 1)  # status and alert codes are 32-bit integers
+MAX_DECIBELS: Final = 1_000
+
+Seconds = Annotated[int, Field(ge=0, le=CENTURY_S)]
+Volts = Annotated[float, Field(ge=-MAX_VOLTS, le=MAX_VOLTS)]
+Amps = Annotated[float, Field(ge=-MAX_AMPS, le=MAX_AMPS)]
+Hertz = Annotated[float, Field(ge=0, le=MAX_HZ)]
+Celsius = Annotated[float, Field(ge=MIN_CELSIUS, le=MAX_CELSIUS)]
+Microvolts = Annotated[int, Field(ge=-MAX_MICROVOLTS, le=MAX_MICROVOLTS)]
+WattHours = Annotated[float, Field(ge=0, le=MAX_ENERGY_WH)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Code = Annotated[int, Field(ge=CODE_RANGE[0], le=CODE_RANGE[1])]
+Decibels = Annotated[int, Field(ge=-MAX_DECIBELS, le=MAX_DECIBELS)]
+Percent = Annotated[int, Field(ge=0, le=100)]
+
+# pydantic error types that mean "a number, outside its field's bounds" (an integer too large for
+# a float field is reported as "float_type", and is checked for separately).
+_OUT_OF_RANGE_ERRORS: Final = frozenset(
+    {"greater_than_equal", "less_than_equal", "finite_number", "int_parsing_size"}
+)
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+    # Strings such as "nan" would otherwise become non-finite floats in the model.
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
 
 class Vitals(_Body):
@@ -27,49 +64,49 @@ class Vitals(_Body):
 
     contactor_closed: bool | None = None
     vehicle_connected: bool | None = None
-    session_s: int | None = None
-    grid_v: float | None = None
-    grid_hz: float | None = None
-    vehicle_current_a: float | None = None
-    currentA_a: float | None = None  # noqa: N815 - the unit's own key
-    currentB_a: float | None = None  # noqa: N815 - the unit's own key
-    currentC_a: float | None = None  # noqa: N815 - the unit's own key
-    currentN_a: float | None = None  # noqa: N815 - the unit's own key
-    voltageA_v: float | None = None  # noqa: N815 - the unit's own key
-    voltageB_v: float | None = None  # noqa: N815 - the unit's own key
-    voltageC_v: float | None = None  # noqa: N815 - the unit's own key
-    relay_coil_v: float | None = None
-    relay_k1_v: float | None = None
-    relay_k2_v: float | None = None
-    pcba_temp_c: float | None = None
-    handle_temp_c: float | None = None
-    mcu_temp_c: float | None = None
-    uptime_s: int | None = None
-    input_thermopile_uv: int | None = None
-    prox_v: float | None = None
-    pilot_high_v: float | None = None
-    pilot_low_v: float | None = None
-    session_energy_wh: float | None = None
-    config_status: int | None = None
-    evse_state: int | None = None
+    session_s: Seconds | None = None
+    grid_v: Volts | None = None
+    grid_hz: Hertz | None = None
+    vehicle_current_a: Amps | None = None
+    currentA_a: Amps | None = None  # noqa: N815 - the unit's own key
+    currentB_a: Amps | None = None  # noqa: N815 - the unit's own key
+    currentC_a: Amps | None = None  # noqa: N815 - the unit's own key
+    currentN_a: Amps | None = None  # noqa: N815 - the unit's own key
+    voltageA_v: Volts | None = None  # noqa: N815 - the unit's own key
+    voltageB_v: Volts | None = None  # noqa: N815 - the unit's own key
+    voltageC_v: Volts | None = None  # noqa: N815 - the unit's own key
+    relay_coil_v: Volts | None = None
+    relay_k1_v: Volts | None = None
+    relay_k2_v: Volts | None = None
+    pcba_temp_c: Celsius | None = None
+    handle_temp_c: Celsius | None = None
+    mcu_temp_c: Celsius | None = None
+    uptime_s: Seconds | None = None
+    input_thermopile_uv: Microvolts | None = None
+    prox_v: Volts | None = None
+    pilot_high_v: Volts | None = None
+    pilot_low_v: Volts | None = None
+    session_energy_wh: WattHours | None = None
+    config_status: Code | None = None
+    evse_state: Code | None = None
     # Numeric IDs on modern firmware, placeholder strings in old fixtures (twc3-api.md §3).
-    current_alerts: list[int | str] | None = None
-    evse_not_ready_reasons: list[int] | None = None
+    current_alerts: list[Code | str] | None = None
+    evse_not_ready_reasons: list[Code] | None = None
 
 
 class Lifetime(_Body):
     """``/api/1/lifetime``: counters over the unit's life (twc3-api.md §4.1)."""
 
-    contactor_cycles: int | None = None
-    contactor_cycles_loaded: int | None = None
-    alert_count: int | None = None
-    thermal_foldbacks: int | None = None
-    avg_startup_temp: float | None = None
-    charge_starts: int | None = None
-    energy_wh: float | None = None
-    connector_cycles: int | None = None
-    uptime_s: int | None = None
-    charging_time_s: int | None = None
+    contactor_cycles: Count | None = None
+    contactor_cycles_loaded: Count | None = None
+    alert_count: Count | None = None
+    thermal_foldbacks: Count | None = None
+    avg_startup_temp: Celsius | None = None
+    charge_starts: Count | None = None
+    energy_wh: WattHours | None = None
+    connector_cycles: Count | None = None
+    uptime_s: Seconds | None = None
+    charging_time_s: Seconds | None = None
 
 
 class Version(_Body):
@@ -86,9 +123,9 @@ class WifiStatus(_Body):
     """``/api/1/wifi_status``: the unit's Wi-Fi link (twc3-api.md §4.3)."""
 
     wifi_ssid: str | None = None
-    wifi_signal_strength: int | None = None
-    wifi_rssi: int | None = None
-    wifi_snr: int | None = None
+    wifi_signal_strength: Percent | None = None
+    wifi_rssi: Decibels | None = None
+    wifi_snr: Decibels | None = None
     wifi_connected: bool | None = None
     wifi_infra_ip: str | None = None
     internet: bool | None = None
@@ -115,34 +152,69 @@ class ParsedBody:
         fields: the whole normalised body, unknown keys included, in the unit's key order.
         model: the typed view used for derived values.
         invalid_fields: known keys whose value had the wrong type (``None`` in ``model``).
+        out_of_range: known keys whose number is outside physical sense (``None`` in ``model``;
+            still in ``fields``, so still published raw).
     """
 
     endpoint: Endpoint
     fields: dict[str, Any]
     model: AnyBody
     invalid_fields: tuple[str, ...] = ()
+    out_of_range: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Validated(Generic[_Model]):
+    """A typed view of a body and the known keys left out of it, by reason."""
+
+    model: _Model
+    invalid_fields: tuple[str, ...]
+    out_of_range: tuple[str, ...]
 
 
 def validate_tolerantly(
     model_type: type[_Model], fields: dict[str, Any]
 ) -> tuple[_Model, tuple[str, ...]]:
-    """Validate ``fields``, dropping (not failing on) known keys whose value has the wrong type."""
+    """Validate ``fields``, dropping (not failing on) known keys whose value is unusable.
+
+    Returns the model and every dropped key: of the wrong type or outside the field's bounds.
+    """
+    result = validate_fields(model_type, fields)
+    return result.model, result.invalid_fields + result.out_of_range
+
+
+def validate_fields(model_type: type[_Model], fields: dict[str, Any]) -> Validated[_Model]:
+    """Validate ``fields`` like :func:`validate_tolerantly`, telling the two reasons apart."""
     candidate = dict(fields)
     invalid: list[str] = []
+    out_of_range: list[str] = []
     # Each pass removes at least one offending key, so this ends after at most len(fields) passes.
     for _ in range(len(candidate) + 1):
         try:
-            return model_type.model_validate(candidate), tuple(invalid)
+            model = model_type.model_validate(candidate)
         except ValidationError as error:
-            offending = {
-                str(detail["loc"][0]) for detail in error.errors() if detail["loc"]
-            } & candidate.keys()
+            offending: dict[str, bool] = {}  # key -> out of range (else the wrong type)
+            for detail in error.errors():
+                key = str(detail["loc"][0]) if detail["loc"] else None
+                if key is None or key not in candidate:
+                    continue
+                beyond = _beyond_bounds(detail["type"], candidate[key])
+                offending[key] = offending.get(key, True) and beyond
             if not offending:  # pragma: no cover - every field error carries its key
                 break
             for key in sorted(offending):
-                invalid.append(key)
+                (out_of_range if offending[key] else invalid).append(key)
                 del candidate[key]
-    return model_type(), tuple(invalid)  # pragma: no cover - unreachable by the loop bound
+        else:
+            return Validated(model, tuple(invalid), tuple(out_of_range))
+    return Validated(model_type(), tuple(invalid), tuple(out_of_range))  # pragma: no cover
+
+
+def _beyond_bounds(error_type: str, value: object) -> bool:
+    if error_type in _OUT_OF_RANGE_ERRORS:
+        return True
+    # An integer too large to be a float is a number, just not a sensible one.
+    return error_type == "float_type" and isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_endpoint(endpoint: Endpoint, raw: bytes) -> ParsedBody:
@@ -152,8 +224,14 @@ def parse_endpoint(endpoint: Endpoint, raw: bytes) -> ParsedBody:
         ParseError: the body is not a JSON object even after repairs.
     """
     fields = decode_body(raw)
-    model, invalid = validate_tolerantly(MODEL_FOR[endpoint], fields)
-    return ParsedBody(endpoint=endpoint, fields=fields, model=model, invalid_fields=invalid)
+    result = validate_fields(MODEL_FOR[endpoint], fields)
+    return ParsedBody(
+        endpoint=endpoint,
+        fields=fields,
+        model=result.model,
+        invalid_fields=result.invalid_fields,
+        out_of_range=result.out_of_range,
+    )
 
 
 __all__ = [
@@ -164,9 +242,11 @@ __all__ = [
     "Lifetime",
     "ParseError",
     "ParsedBody",
+    "Validated",
     "Version",
     "Vitals",
     "WifiStatus",
     "parse_endpoint",
+    "validate_fields",
     "validate_tolerantly",
 ]

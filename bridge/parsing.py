@@ -40,6 +40,16 @@ def excerpt(raw: bytes, limit: int = EXCERPT_CHARS) -> str:
     return printable + ("…" if len(raw) > limit else "")
 
 
+def value_excerpt(value: object, limit: int = EXCERPT_CHARS // 2) -> str:
+    """Return a short printable excerpt of one decoded JSON value for a log line."""
+    try:
+        text = json.dumps(value, ensure_ascii=True)  # control characters come out escaped
+    except (TypeError, ValueError):  # not JSON, or an integer too long to write
+        text = f"<{type(value).__name__}>"
+    printable = "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+    return printable + ("…" if len(text) > limit else "")
+
+
 def _replace_non_finite(raw: bytes) -> bytes:
     def replace(match: re.Match[bytes]) -> bytes:
         if match.group("string") is not None:
@@ -54,15 +64,26 @@ def _reject_constant(_name: str) -> None:
     return None
 
 
-def _loads(text: str) -> Any:  # noqa: ANN401 - JSON is untyped until normalised
+def _int_or_none(digits: str) -> int | None:
+    # An integer with more digits than Python turns into a number (int_max_str_digits, 4300 by
+    # default) is no more a reading than infinity is: it becomes null, and the body is kept.
+    try:
+        return int(digits)
+    except ValueError:
+        return None
+
+
+def _loads(text: str, *, tolerant_ints: bool = False) -> Any:  # noqa: ANN401 - untyped JSON
+    if tolerant_ints:  # a Python hook per integer: only on the repair path
+        return json.loads(text, parse_constant=_reject_constant, parse_int=_int_or_none)
     return json.loads(text, parse_constant=_reject_constant)
 
 
 def decode_body(raw: bytes) -> dict[str, Any]:
     """Decode one endpoint body into a normalised JSON object.
 
-    Normalised means: non-finite numbers become ``None``, ``-0.0`` becomes ``0.0``, strings are
-    valid Unicode (lone surrogates replaced), and nesting is bounded.
+    Normalised means: non-finite numbers and integers too long to read become ``None``, ``-0.0``
+    becomes ``0.0``, strings are valid Unicode (lone surrogates replaced), and nesting is bounded.
 
     Raises:
         ParseError: the body is not a JSON object even after the known repairs.
@@ -101,16 +122,16 @@ def _repaired(stripped: bytes) -> Any:  # noqa: ANN401 - JSON is untyped until n
         text = repaired.decode("utf-8")
     except UnicodeDecodeError:
         text = repaired.decode("utf-8", "replace")
-    value = _try_loads(text)
+    value = _try_loads(text, tolerant_ints=True)
     if value is None:
         # Firmware intermittently omits the final brace (HA forum 311670 p3, HA #81443).
-        value = _try_loads(text + "}")
+        value = _try_loads(text + "}", tolerant_ints=True)
     return value
 
 
-def _try_loads(text: str) -> Any:  # noqa: ANN401 - JSON is untyped until normalised
+def _try_loads(text: str, *, tolerant_ints: bool = False) -> Any:  # noqa: ANN401 - untyped JSON
     try:
-        return _loads(text)
+        return _loads(text, tolerant_ints=tolerant_ints)
     except (ValueError, RecursionError):
         # ValueError covers JSONDecodeError and the int-digits limit; RecursionError deep nesting.
         return None

@@ -29,6 +29,7 @@ from bridge.models import (
     parse_endpoint,
 )
 from bridge.outbox import Outbox
+from bridge.parsing import value_excerpt
 from bridge.publishing import UnitTopics, publish_body, publish_derived
 from bridge.topics import id_problem, slugify
 from bridge.twc import TwcBadResponseError, TwcError, TwcUnreachableError
@@ -121,6 +122,7 @@ class ConnectorPoller:
         self.derivation = derivation or UnitDerivation()
         self._wall_clock = wall_clock
         self._rejections_logged = False
+        self._unusable_fields_logged: set[tuple[Endpoint, str]] = set()
         self.attempted: set[Endpoint] = set()
         self.polling = polling
         self.status = UnitStatus()
@@ -267,19 +269,33 @@ class ConnectorPoller:
             self._learn_serial(parsed.model.serial_number)
         if isinstance(parsed.model, Vitals) and parsed.model.vehicle_connected is not None:
             status.vehicle_connected = parsed.model.vehicle_connected
-        if parsed.invalid_fields:
-            logger.debug(
-                "unit %s: %s fields of unexpected type: %s",
-                self.label,
-                endpoint,
-                parsed.invalid_fields,
-            )
+        if parsed.invalid_fields or parsed.out_of_range:
+            self._warn_unusable_fields(parsed)
         self._due[endpoint] = max(planned + self.interval(endpoint), self._clock())
         if status.online is not True:
             logger.info("unit %s online (%s answered)", self.label, endpoint)
             status.online = True
         if not self.duplicate:
             self._publish_success(parsed)
+
+    def _warn_unusable_fields(self, parsed: ParsedBody) -> None:
+        # Once per field for the poller's life: a unit sending the same odd value on every poll
+        # says it once. Only known keys get here, so the set stays as small as the models.
+        reasons = dict.fromkeys(parsed.invalid_fields, "has a value of unexpected type")
+        reasons.update(dict.fromkeys(parsed.out_of_range, "has a value outside physical sense"))
+        for key, reason in reasons.items():
+            if (parsed.endpoint, key) in self._unusable_fields_logged:
+                continue
+            self._unusable_fields_logged.add((parsed.endpoint, key))
+            logger.warning(
+                "unit %s: %s field %s %s (%s); the raw value is still published on its topic, "
+                "derived values treat it as unknown (not logged again)",
+                self.label,
+                parsed.endpoint,
+                key,
+                reason,
+                value_excerpt(parsed.fields.get(key)),
+            )
 
     def _publish_success(self, parsed: ParsedBody) -> None:
         status = self.status

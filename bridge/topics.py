@@ -89,7 +89,10 @@ def validate_base_topic(base: str) -> str | None:
 def format_number(value: float) -> str | None:
     """Format a number as plain decimal text (``235.1``, ``0``), or ``None`` if not finite."""
     if isinstance(value, int):
-        return str(value)
+        try:
+            return str(value)
+        except ValueError:  # more digits than int_max_str_digits allows in text
+            return None
     if not math.isfinite(value):
         return None
     if value.is_integer() and abs(value) < 1e15:  # noqa: PLR2004 - beyond that floats lose units
@@ -119,15 +122,23 @@ def plain_payload(value: Any) -> str | None:  # noqa: ANN401 - any JSON value
 
 
 def compact_json(value: Any) -> str:  # noqa: ANN401 - any JSON value
-    """Serialise to compact JSON; non-finite floats become ``null``, never ``NaN``."""
-    return json.dumps(_finite(value), separators=(",", ":"), ensure_ascii=False)
+    """Serialise to compact JSON; non-finite floats become ``null``, never ``NaN``.
+
+    So do integers too long to write as text (past ``int_max_str_digits``).
+    """
+    try:
+        return json.dumps(_finite(value), separators=(",", ":"), ensure_ascii=False)
+    except ValueError:
+        return json.dumps(_finite(value, writable=True), separators=(",", ":"), ensure_ascii=False)
 
 
-def _finite(value: Any) -> Any:  # noqa: ANN401 - any JSON value
+def _finite(value: Any, *, writable: bool = False) -> Any:  # noqa: ANN401 - any JSON value
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if writable and isinstance(value, int) and format_number(value) is None:
+        return None
     if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
+        return [_finite(item, writable=writable) for item in value]
     if isinstance(value, dict):
-        return {str(key): _finite(item) for key, item in value.items()}
+        return {str(key): _finite(item, writable=writable) for key, item in value.items()}
     return value

@@ -232,16 +232,20 @@ def test_nesting_at_limit_is_accepted() -> None:
     assert level == []
 
 
-def test_5000_digit_integer_raises_parse_error() -> None:
-    """An integer beyond Python's int-digit limit raises ParseError, not a bare ValueError."""
-    with pytest.raises(ParseError):
-        decode_body(b'{"energy_wh":' + b"9" * 5000 + b"}")
+def test_5000_digit_integer_becomes_null_and_the_body_is_kept() -> None:
+    """An integer beyond Python's int-digit limit is null like infinity; the other keys stay."""
+    body = decode_body(b'{"energy_wh":' + b"9" * 5000 + b',"charge_starts":31}')
+    assert body == {"energy_wh": None, "charge_starts": 31}
 
 
-def test_5000_digit_integer_without_final_brace_raises_parse_error() -> None:
-    """The brace repair does not turn the int-digit limit into another exception."""
-    with pytest.raises(ParseError):
-        decode_body(b'{"energy_wh":' + b"9" * 5000)
+def test_5000_digit_integer_without_final_brace_is_repaired_too() -> None:
+    """The brace repair and the long-integer repair work together."""
+    assert decode_body(b'{"energy_wh":' + b"9" * 5000) == {"energy_wh": None}
+
+
+def test_a_few_hundred_digit_integer_is_kept_exactly() -> None:
+    """Below the int-digit limit an integer is kept as it is (the raw topic shows it)."""
+    assert decode_body(b'{"n":' + b"7" * 400 + b"}") == {"n": int("7" * 400)}
 
 
 # --- ParseError and excerpt ---------------------------------------------------------------------
