@@ -193,13 +193,15 @@ def validate_fields(model_type: type[_Model], fields: dict[str, Any]) -> Validat
         try:
             model = model_type.model_validate(candidate)
         except ValidationError as error:
-            offending: dict[str, bool] = {}  # key -> out of range (else the wrong type)
+            # key -> out of range (else the wrong type); for a union such as ``int | str`` one
+            # branch saying "too large" is enough, whatever the others say.
+            offending: dict[str, bool] = {}
             for detail in error.errors():
                 key = str(detail["loc"][0]) if detail["loc"] else None
                 if key is None or key not in candidate:
                     continue
                 beyond = _beyond_bounds(detail["type"], candidate[key])
-                offending[key] = offending.get(key, True) and beyond
+                offending[key] = offending.get(key, False) or beyond
             if not offending:  # pragma: no cover - every field error carries its key
                 break
             for key in sorted(offending):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -240,3 +241,32 @@ def test_phase_mode_is_not_claimed_before_a_charge_in_auto_mode() -> None:
     )
     assert derivation.vitals(charging, 5.0).values["phase_mode"] == "split_phase"
     assert derivation.vitals(idle, 10.0).values["phase_mode"] == "split_phase"
+
+
+def test_absurd_vitals_leave_derived_values_unknown_not_raising() -> None:
+    """Uptime 2**64-1, grid 1e308, energy 1e308: unknown to derivation, the total unchanged."""
+    derivation = UnitDerivation()
+    derivation.feed(_vitals(session_energy_wh=1_000.0), NOW)
+    before = derivation.energy.total_wh
+    absurd = _vitals(uptime_s=2**64 - 1, grid_v=1e308, session_energy_wh=1e308, session_s=10**300)
+    derived = derivation.feed(absurd, NOW + 5)
+    assert derived.values["last_boot"] is None
+    assert derived.values["session_energy_kwh"] is None
+    assert derived.values["session_duration_s"] is None
+    assert derivation.energy.total_wh == before
+    assert math.isfinite(derived.values["power_w"])
+    assert derivation.max_power() < 1e6
+
+
+@pytest.mark.parametrize("uptime_s", [2**64 - 1, 1e20, 7e10, -5])
+def test_absurd_uptime_gives_no_last_boot(uptime_s: float) -> None:
+    """The known crash: every one of these raised in last_boot."""
+    assert UnitDerivation().feed(_vitals(uptime_s=uptime_s), NOW).values["last_boot"] is None
+
+
+def test_absurd_lifetime_energy_is_not_taken_as_the_guarded_total() -> None:
+    """A lifetime energy_wh of 1e308 leaves the guarded value where it was."""
+    derivation = UnitDerivation()
+    derivation.feed(_parsed("lifetime", {"energy_wh": 5_000}), NOW)
+    derived = derivation.feed(_parsed("lifetime", {"energy_wh": 1e308}), NOW + 60)
+    assert derived.values["lifetime_energy_wh"] == 5_000

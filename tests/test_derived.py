@@ -1113,3 +1113,37 @@ def test_lifetime_persistent_phantom_jump_is_excluded_for_good() -> None:
     assert guard.update(6_500.0, 3_600.0, SPLIT_MAX_W)  # a real charge afterwards
     assert guard.guarded_wh == 1_500.0
     assert guard.rejected == 1
+
+
+@pytest.mark.parametrize("uptime_s", [2**64 - 1, 10**20, 7 * 10**10, 10**400, -5])
+def test_last_boot_of_an_absurd_uptime_is_unknown(uptime_s: int) -> None:
+    """An uptime over a century or negative gives no boot time instead of raising."""
+    assert last_boot(uptime_s, 1_766_523_240.0) is None
+
+
+@pytest.mark.parametrize("now", [1e20, -1e20, 9e18])
+def test_last_boot_at_a_time_outside_the_calendar_is_unknown(now: float) -> None:
+    """A wall clock far outside what datetime can show gives no boot time instead of raising."""
+    assert last_boot(60, now) is None
+
+
+def test_last_boot_just_under_a_century_is_a_date() -> None:
+    """The bound is a century: a long but possible uptime still gives a boot time."""
+    assert last_boot(99 * 365 * 86_400, 4_000_000_000.0) is not None
+
+
+@pytest.mark.parametrize("session_s", [2**64 - 1, 10**400, -5])
+def test_session_energy_survives_an_absurd_session_clock(session_s: int) -> None:
+    """A session clock too large for a float (unvalidated model) counts nothing, never raises."""
+    energy = SessionEnergy()
+    energy.update(_v(100.0, session_s=100), 1000.0, SPLIT_MAX_W)
+    replug = Vitals.model_construct(
+        contactor_closed=True,
+        vehicle_connected=True,
+        session_s=session_s,
+        session_energy_wh=5.0,
+        uptime_s=10,  # below the last one: a reboot, so the session clock is consulted
+    )
+    added = energy.update(replug, 1005.0, SPLIT_MAX_W)
+    assert added in {0.0, 5.0}
+    assert energy.total_wh == added

@@ -293,3 +293,24 @@ def test_restore_state_publishes_the_current_state_again() -> None:
         outbox.mark_sent(message)
     homie.restore_state()
     assert [(m.topic, m.payload) for m in outbox.pending()] == [(f"{ROOT}/$state", "ready")]
+
+
+@pytest.mark.parametrize("datatype", ["integer", "float"])
+def test_homie_payload_of_an_integer_of_hundreds_of_digits(datatype: str) -> None:
+    """math.isfinite overflowed on it and crashed the poller; now it is written out in full."""
+    huge = int("7" * 400)
+    assert homie_payload(datatype, huge) == "7" * 400  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("datatype", ["integer", "float"])
+def test_homie_payload_of_a_non_finite_number_is_none(datatype: str, value: float) -> None:
+    """No NaN or infinity ever reaches a numeric Homie property."""
+    assert homie_payload(datatype, value) is None  # type: ignore[arg-type]
+
+
+def test_homie_payload_of_the_largest_float_as_integer() -> None:
+    """1e308 as an integer property is its 309 digits, not an error."""
+    payload = homie_payload("integer", 1e308)
+    assert payload is not None
+    assert len(payload) == 309

@@ -378,3 +378,81 @@ def test_capture_replay_parses_without_invalid_fields(path: Path | None) -> None
     for key, value in parsed.fields.items():
         if key in typed and value is not None:
             assert getattr(parsed.model, key) is not None, key
+
+
+# --- physical bounds -----------------------------------------------------------------------------
+
+ABSURD_VALUES: list[tuple[Endpoint, str, Any]] = [
+    ("vitals", "uptime_s", 2**64 - 1),
+    ("vitals", "uptime_s", 1e20),
+    ("vitals", "uptime_s", 7e10),
+    ("vitals", "uptime_s", -5),
+    ("vitals", "session_s", 10**300),
+    ("vitals", "grid_v", 1e308),
+    ("vitals", "grid_v", 10**400),
+    ("vitals", "vehicle_current_a", 1e6),
+    ("vitals", "currentB_a", -5_000.0),
+    ("vitals", "handle_temp_c", 1e5),
+    ("vitals", "mcu_temp_c", -300.0),
+    ("vitals", "session_energy_wh", 1e308),
+    ("vitals", "session_energy_wh", -1.0),
+    ("vitals", "evse_state", 10**300),
+    ("vitals", "current_alerts", [40, 2**40]),
+    ("lifetime", "energy_wh", 1e308),
+    ("lifetime", "charge_starts", -1),
+    ("lifetime", "uptime_s", 2**64 - 1),
+    ("wifi_status", "wifi_rssi", 10**30),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "key", "value"), ABSURD_VALUES)
+def test_a_value_outside_physical_sense_is_unknown_in_the_model_and_kept_raw(
+    endpoint: Endpoint, key: str, value: Any
+) -> None:
+    """The typed view drops it (out_of_range); the raw fields keep it for its own topic."""
+    parsed = parse_endpoint(endpoint, _body({key: value, "alert_count": 3}))
+    assert getattr(parsed.model, key) is None
+    assert parsed.out_of_range == (key,)
+    assert parsed.invalid_fields == ()
+    assert parsed.fields[key] == value
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("handle_temp_c", 255.0),  # the "read invalid" sentinel: clean_temperature handles it
+        ("currentA_a", -0.4),  # idle noise
+        ("pilot_low_v", -11.6),
+        ("uptime_s", 0),
+        ("uptime_s", 3 * 365 * 86_400),
+        ("session_energy_wh", 0.0),
+        ("grid_v", 0.0),
+        ("evse_state", 11),
+    ],
+)
+def test_real_readings_stay_within_the_bounds(key: str, value: Any) -> None:
+    """Sentinels, noise and edge readings real units send are kept in the model."""
+    parsed = parse_endpoint("vitals", _body(_vitals(**{key: value})))
+    assert getattr(parsed.model, key) == value
+    assert parsed.out_of_range == ()
+    assert parsed.invalid_fields == ()
+
+
+def test_wrong_type_and_out_of_range_are_told_apart() -> None:
+    """A string in a number field is of the wrong type; a huge number is out of range."""
+    parsed = parse_endpoint("vitals", _body(_vitals(grid_v="high", uptime_s=2**64)))
+    assert parsed.invalid_fields == ("grid_v",)
+    assert parsed.out_of_range == ("uptime_s",)
+    model, dropped = validate_tolerantly(Vitals, parsed.fields)
+    assert sorted(dropped) == ["grid_v", "uptime_s"]
+    assert model.grid_v is None
+    assert model.uptime_s is None
+
+
+def test_a_non_finite_string_never_becomes_a_non_finite_float() -> None:
+    """The strings "nan" and "inf" would pass as floats; the model refuses them."""
+    parsed = parse_endpoint("vitals", _body(_vitals(grid_v="nan", grid_hz="-inf")))
+    assert isinstance(parsed.model, Vitals)
+    assert parsed.model.grid_v is None
+    assert parsed.model.grid_hz is None
+    assert set(parsed.invalid_fields + parsed.out_of_range) == {"grid_v", "grid_hz"}

@@ -10,7 +10,14 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from bridge.parsing import EXCERPT_CHARS, MAX_NESTING, ParseError, decode_body, excerpt
+from bridge.parsing import (
+    EXCERPT_CHARS,
+    MAX_NESTING,
+    ParseError,
+    decode_body,
+    excerpt,
+    value_excerpt,
+)
 
 # --- bare non-finite tokens (Q2a) ---------------------------------------------------------------
 
@@ -375,3 +382,24 @@ def test_valid_json_object_round_trips(document: dict[str, Any], ascii_only: boo
     assert result == expected
     # == ignores the sign of zero; the serialised text does not.
     assert json.dumps(result) == json.dumps(expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("a\nb\x1b[31m", '"a\\nb\\u001b[31m"'),
+        (2**64, "18446744073709551616"),
+        ([1, {"x": None}], '[1, {"x": null}]'),
+        ("\x7f\u2028", '"\\u007f\\u2028"'),
+    ],
+)
+def test_value_excerpt_is_one_printable_line(value: object, expected: str) -> None:
+    """Control characters are escaped, so a logged value cannot forge or colour a line."""
+    assert value_excerpt(value) == expected
+
+
+def test_value_excerpt_is_bounded() -> None:
+    """A long value is cut, with an ellipsis saying so."""
+    text = value_excerpt("x" * 1000)
+    assert len(text) <= EXCERPT_CHARS
+    assert text.endswith("…")

@@ -350,3 +350,28 @@ def test_bridge_spreads_its_units_over_one_vitals_interval_in_slots(tmp_path: Pa
     slot = 2 / START_SLOTS
     assert firsts[:START_SLOTS] == pytest.approx([i * slot for i in range(START_SLOTS)], abs=0.01)
     assert firsts[START_SLOTS:] == pytest.approx(firsts[: START_SLOTS + 1], abs=0.01)
+
+
+async def test_absurd_values_warn_once_per_field_and_stay_raw_on_their_topics(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Uptime 2**64-1 and grid 1e308: one warning each, raw topics kept, no derived last_boot."""
+    poller, unit, time_source, outbox = make_poller(vitals_s=1, vitals_idle_s=1)
+    absurd = dict(VITALS_IDLE, uptime_s=2**64 - 1, grid_v=1e308, evse_state="four")
+    unit.bodies["vitals"] = json.dumps(absurd).encode()
+    with caplog.at_level("WARNING", logger="bridge.poller"):
+        await poll_until(poller, time_source, 30)
+    vitals_reads = [endpoint for _, endpoint in unit.requests if endpoint == "vitals"]
+    assert len(vitals_reads) > 5
+    warnings = [r.getMessage() for r in caplog.records if "derived values treat" in r.message]
+    assert len(warnings) == 3, warnings
+    (uptime,) = [w for w in warnings if "uptime_s" in w]
+    assert "vitals field uptime_s has a value outside physical sense (18446744073709551615)" in (
+        uptime
+    )
+    assert "raw value is still published on its topic" in uptime
+    assert any("evse_state has a value of unexpected type" in w for w in warnings)
+    assert outbox.get("twc3/garage/vitals/uptime_s") == str(2**64 - 1)
+    assert outbox.get("twc3/garage/vitals/grid_v") == "1" + "0" * 308
+    assert outbox.get("twc3/garage/derived/last_boot") is None
+    assert outbox.get("twc3/garage/availability") == "online"

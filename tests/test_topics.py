@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 import pytest
@@ -305,3 +306,19 @@ def test_validate_base_topic_accepts_exactly_128_bytes() -> None:
     """The length limit counts UTF-8 bytes and 128 is still fine."""
     assert validate_base_topic("t" * 128) is None
     assert validate_base_topic("é" * 64) is None
+
+
+def test_integers_too_long_to_write_have_no_payload() -> None:
+    """Past int_max_str_digits str() raises; the payload is None (or null inside JSON) instead."""
+    previous = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    huge = 10**5000
+    sys.set_int_max_str_digits(previous)
+    assert format_number(huge) is None
+    assert plain_payload(huge) is None
+    assert compact_json({"a": [huge, 1.5]}) == '{"a":[null,1.5]}'
+
+
+def test_an_integer_of_hundreds_of_digits_is_written_in_full() -> None:
+    """Below the limit nothing is lost: the raw topic shows the unit's value."""
+    assert plain_payload(int("9" * 400)) == "9" * 400
