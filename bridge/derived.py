@@ -330,7 +330,12 @@ class SessionEnergy:
 
 
 def _finite_number(value: object) -> TypeGuard[float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large to be a float
+        return False
 
 
 LIFETIME_REBASE_AFTER: Final = 3  # readings in a row below the reference: a genuine reset

@@ -584,6 +584,8 @@ def test_missing_or_invalid_session_energy_is_skipped() -> None:
         {"total_wh": math.nan},
         {"total_wh": math.inf},
         {"total_wh": True},
+        {"total_wh": 10**400},  # too large for a float: math.isfinite raised OverflowError
+        {"total_wh": 10**400, "last_session_wh": 10**400, "last_time": 10**400},
     ],
 )
 def test_restore_from_garbage_gives_fresh_accumulator(data: Any) -> None:
