@@ -14,6 +14,7 @@ from typing import Final
 
 from bridge import __version__
 from bridge.config import CONFIG_ENV, BridgeConfig, ConfigError, load_config, parse_host
+from bridge.logtext import EscapingFormatter
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
@@ -22,14 +23,15 @@ EXIT_USAGE: Final = 2
 logger = logging.getLogger("bridge")
 
 
+LOG_FORMAT: Final = "%(asctime)s %(levelname)-7s %(message)s"
+LOG_DATE_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
+
+
 def setup_logging(level: str) -> None:
-    """One line per event, to stderr, with a timestamp."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-        stream=sys.stderr,
-    )
+    """One line per event, to stderr, with a timestamp; no message can break its line."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter(LOG_FORMAT, datefmt=LOG_DATE_FORMAT))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     # httpx logs every request at INFO; that is noise for a service polling every few seconds.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
