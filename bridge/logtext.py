@@ -32,13 +32,15 @@ def _escape_char(ch: str) -> str:
     return f"\\U{code:08x}"
 
 
-def escaped(text: object, limit: int = MAX_SHOWN_CHARS) -> str:
+def escaped(text: object, limit: int | None = MAX_SHOWN_CHARS) -> str:
     """``text`` (``str()`` of it) on one line with every non-printable character escaped.
 
-    At most ``limit`` characters of the result are kept, then ``…(+N)`` says how many characters
-    of the input were left out, so a 60 kB field value is still one short line.
+    At most ``limit`` characters of the result are kept (``None``: all), then ``…(+N)`` says how
+    many characters of the input were left out, so a 60 kB field value is still one short line.
     """
     text = text if isinstance(text, str) else str(text)
+    if limit is None:
+        limit = 10 * len(text)  # room for every character escaped (``\\U0010ffff``)
     if text.isprintable() and len(text) <= limit:  # the common case: nothing to do
         return text
     out: list[str] = []
