@@ -7,7 +7,7 @@ says when a line is worth writing:
 - the first failure after a calm period, and the success that ends it (``first``, ``recovered``);
 - once ``burst`` such episodes started within ``summary_interval_s``, the thing is *flapping*:
   nothing more is logged for each failure or success, only a ``summary`` with counts at most
-  once per interval, and ``recovered`` once a whole interval went by without a failure;
+  once per interval (on a failure), and ``recovered`` once a whole interval went by without one;
 - a failure that lasts (an endpoint answering HTTP 500 for hours) gets a ``summary`` once per
   interval too.
 
@@ -93,7 +93,8 @@ class FailureLog:
         if not self._flapping or now - self._last_failure >= self.summary_interval_s:
             self._failing = False
             return self._report("recovered", now)
-        return self._summary_if_due(now)
+        # No summary here: once failures stop, the next line is the recovery, with the count.
+        return None
 
     def _summary_if_due(self, now: float) -> Report | None:
         if self._failures and now - self._last_report >= self.summary_interval_s:

@@ -65,7 +65,7 @@ def test_thirty_percent_failures_for_ten_minutes_give_a_handful_of_lines() -> No
     failures = outcomes.count(False)
     reports = _replay(FailureLog(INTERVAL), outcomes, 1.0)
     kinds = [report.kind for _, report in reports]
-    assert kinds == ["first", "recovered", "summary", "summary", "recovered"], reports
+    assert kinds == ["first", "recovered", "summary", "recovered"], reports
     assert len(reports) <= 2 + 600 / INTERVAL + 1
     # Every failure is in some line's count: the first, the summaries, the final recovery.
     assert sum(report.failures for _, report in reports) == failures
@@ -74,26 +74,42 @@ def test_thirty_percent_failures_for_ten_minutes_give_a_handful_of_lines() -> No
     assert reports[-1][0] == last_failure + INTERVAL
 
 
-def test_summaries_come_from_successes_too() -> None:
-    """A flapping thing whose failures stop just after a summary is due still gets it."""
+def test_a_flapping_thing_that_calms_down_gets_its_count_in_the_recovery() -> None:
+    """No summary once failures stop: the recovery, an interval later, carries the count."""
     log = FailureLog(10.0)
     assert log.failed(0.0, "a") is not None
     assert log.succeeded(1.0) is not None
     assert log.failed(2.0, "b") is None  # again within the interval: flapping, counted
     assert log.succeeded(3.0) is None
     assert log.failed(8.0, "c") is None
-    summary = log.succeeded(12.0)
-    assert summary is not None
-    assert (summary.kind, summary.failures, summary.successes, summary.reason) == (
-        "summary",
-        2,
-        2,
-        "c",
-    )
+    assert log.succeeded(12.0) is None  # a summary is due, but failures stopped
     assert log.succeeded(17.0) is None  # 9 s without a failure: not yet calm
     recovered = log.succeeded(18.0)
     assert recovered is not None
-    assert (recovered.kind, recovered.failures, recovered.successes) == ("recovered", 0, 2)
+    assert (recovered.kind, recovered.failures, recovered.successes, recovered.reason) == (
+        "recovered",
+        2,
+        4,
+        "c",
+    )
+    assert recovered.span_s == 16.0
+
+
+def test_a_flapping_thing_gets_a_summary_on_a_failure_once_an_interval() -> None:
+    """While failures go on, the first one after each interval brings the summary."""
+    log = FailureLog(10.0)
+    log.failed(0.0, "a")
+    log.succeeded(1.0)
+    assert log.failed(2.0, "b") is None
+    assert log.succeeded(11.0) is None
+    summary = log.failed(12.5, "d")
+    assert summary is not None
+    assert (summary.kind, summary.failures, summary.successes, summary.span_s) == (
+        "summary",
+        2,
+        1,
+        10.5,
+    )
 
 
 def test_burst_allows_a_few_full_episodes_per_interval() -> None:
