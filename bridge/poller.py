@@ -52,6 +52,10 @@ _PRIORITY: Final[dict[Endpoint, int]] = {"version": 0, "vitals": 1, "lifetime": 
 AVAILABILITY_BURST: Final = 3
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def reachability(reason: str) -> str:
     """The short reason a unit is unreachable, for ``derived/reachability``."""
     for category in ("connection refused", "timeout", "no route", "unexpected response"):
@@ -374,7 +378,7 @@ class ConnectorPoller:
             logger.warning("unit %s: %s from %s", self.label, report.reason, endpoint)
         elif report.kind == "recovered":
             since = (
-                f" ({report.failures} more bad answers in the last {report.span_s:.0f} s)"
+                f" ({_count(report.failures, 'more bad answer')} in the last {report.span_s:.0f} s)"
                 if report.failures
                 else ""
             )

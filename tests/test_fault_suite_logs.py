@@ -180,7 +180,7 @@ async def test_flaky_unit_logs_a_handful_of_lines_and_counts_every_failure(
     assert len(summaries) == 1, lines
     assert "answers normally again" in lines[-1], lines
     # The lines' counts add up to every failure: the first, then "N more" in each later line.
-    counts = [int(n) for line in lines for n in re.findall(r"(\d+) more bad answers", line)]
+    counts = [int(n) for line in lines for n in re.findall(r"(\d+) more bad answer", line)]
     assert 1 + sum(counts) == served, lines
     assert b"offline" not in capture.payloads("twc3/flaky/availability")
     assert_clean_log(bridge)
