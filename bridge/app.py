@@ -166,6 +166,7 @@ class Bridge:
                         configured_role=configured_role,
                     ),
                     start_delay_s=polling.vitals_s * (index % START_SLOTS) / START_SLOTS,
+                    repeat_summary_s=config.logging.repeat_summary_s,
                 )
             )
             if (cid := connector.configured_id()) is not None:
@@ -468,15 +469,26 @@ async def _supervised(label: str, run: Callable[[], Awaitable[None]]) -> None:
             return  # a poller ends on its own only when its entry duplicates another unit
 
 
+# SIGHUP too: a closed terminal or a service manager's "hang up" must not kill the process
+# without ``offline`` and a saved state (Python's default for it is to die on the spot).
+STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def install_signal_handlers(stop: asyncio.Event) -> None:
-    """SIGTERM and SIGINT set ``stop`` for a clean shutdown."""
+    """Each of :data:`STOP_SIGNALS` sets ``stop`` for a clean shutdown."""
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, _stop_on_signal, signum, stop)
+
+
+def _stop_on_signal(signum: signal.Signals, stop: asyncio.Event) -> None:
+    if not stop.is_set():
+        logger.info("%s received: stopping", signum.name)
+    stop.set()
 
 
 async def run_bridge(config: BridgeConfig) -> None:
-    """Run the bridge until SIGTERM or SIGINT."""
+    """Run the bridge until SIGTERM, SIGINT or SIGHUP."""
     stop = asyncio.Event()
     install_signal_handlers(stop)
     await Bridge(config, freeze_heap_when_settled=True).run(stop)

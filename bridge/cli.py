@@ -14,6 +14,7 @@ from typing import Final
 
 from bridge import __version__
 from bridge.config import CONFIG_ENV, BridgeConfig, ConfigError, load_config, parse_host
+from bridge.logtext import EscapingFormatter, escaped
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
@@ -22,14 +23,15 @@ EXIT_USAGE: Final = 2
 logger = logging.getLogger("bridge")
 
 
+LOG_FORMAT: Final = "%(asctime)s %(levelname)-7s %(message)s"
+LOG_DATE_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
+
+
 def setup_logging(level: str) -> None:
-    """One line per event, to stderr, with a timestamp."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-        stream=sys.stderr,
-    )
+    """One line per event, to stderr, with a timestamp; no message can break its line."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EscapingFormatter(LOG_FORMAT, datefmt=LOG_DATE_FORMAT))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     # httpx logs every request at INFO; that is noise for a service polling every few seconds.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
@@ -105,16 +107,38 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _same_host(first: str, second: str) -> bool:
+    (host_a, port_a), (host_b, port_b) = parse_host(first), parse_host(second)
+    return host_a.lower() == host_b.lower() and port_a == port_b
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
-    """Read a unit's four endpoints once and show them."""
+    """Read a unit's four endpoints once and show them, with the topics the bridge would use."""
     try:
         parse_host(args.host)
     except ValueError as error:
-        print(f"error: {args.host!r}: {error}", file=sys.stderr)
+        print(f"error: {escaped(repr(args.host))}: {error}", file=sys.stderr)
         return EXIT_USAGE
-    from bridge.probe import probe  # noqa: PLC0415 - imports httpx only when needed
+    from bridge.probe import DEFAULT_BASE_TOPIC, probe  # noqa: PLC0415 - imports httpx lazily
 
-    return asyncio.run(probe(args.host, redact=args.redact, timeout_s=args.timeout))
+    base_topic, configured_id = DEFAULT_BASE_TOPIC, None
+    if _config_path(args) is not None:
+        config = _load(args)
+        if config is None:
+            return EXIT_USAGE
+        base_topic = config.mqtt.base_topic
+        configured_id = next(
+            (c.configured_id() for c in config.connectors if _same_host(c.host, args.host)), None
+        )
+    return asyncio.run(
+        probe(
+            args.host,
+            redact=args.redact,
+            timeout_s=args.timeout,
+            base_topic=base_topic,
+            configured_id=configured_id,
+        )
+    )
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -257,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--redact", action="store_true", help="hide serial number, SSID, MAC and IP addresses"
     )
     probe.add_argument("--timeout", type=float, default=15.0, help="read timeout in seconds")
+    probe.add_argument(
+        "--config",
+        help=f"configuration file whose base topic and connector ids to show (or ${CONFIG_ENV})",
+    )
     probe.set_defaults(handler=cmd_probe)
 
     scan = sub.add_parser("scan", help="find Wall Connectors on a network and print their config")

@@ -19,6 +19,8 @@ from typing import Final, Protocol
 from bridge.backoff import Backoff
 from bridge.config import PollingConfig
 from bridge.derivation import UnitDerivation
+from bridge.failurelog import DEFAULT_SUMMARY_INTERVAL_S, FailureLog, Report
+from bridge.logtext import escaped
 from bridge.models import (
     ENDPOINTS,
     Endpoint,
@@ -46,6 +48,13 @@ MIN_START_GAP_S: Final = 0.9
 MIN_IDLE_S: Final = 0.25
 # Endpoints due at the same moment go in this order; version first so the serial is known early.
 _PRIORITY: Final[dict[Endpoint, int]] = {"version": 0, "vitals": 1, "lifetime": 2, "wifi_status": 3}
+# Outages are already debounced (``offline_after``), so a few a summary interval are each worth
+# their offline and online lines; past that the unit is flapping and only gets summaries.
+AVAILABILITY_BURST: Final = 3
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def reachability(reason: str) -> str:
@@ -114,7 +123,9 @@ class ConnectorPoller:
         derivation: UnitDerivation | None = None,
         wall_clock: Callable[[], float] = time.time,
         start_delay_s: float = 0.0,
+        repeat_summary_s: float = DEFAULT_SUMMARY_INTERVAL_S,
     ) -> None:
+        """``repeat_summary_s``: at most one line per interval about a unit that keeps failing."""
         self.label = label
         self._on_update = on_update
         self._serial_guard = serial_guard
@@ -137,7 +148,9 @@ class ConnectorPoller:
         )
         self._topics: UnitTopics | None = None
         self._waiting_logged = False
-        self._endpoint_failing: set[Endpoint] = set()
+        # What the log says about repeated failures; the poller topics keep the exact counts.
+        self._answer_logs = {name: FailureLog(repeat_summary_s) for name in ENDPOINTS}
+        self._availability_log = FailureLog(repeat_summary_s, burst=AVAILABILITY_BURST)
         if configured_id is not None:
             self._adopt_id(configured_id)
         # Units of one bridge start spread over an interval, so their requests (and the work on
@@ -216,10 +229,10 @@ class ConnectorPoller:
         )
 
     def _bad_answer(self, endpoint: Endpoint, reason: str, error: TwcError | ParseError) -> None:
-        if endpoint not in self._endpoint_failing:
-            self._endpoint_failing.add(endpoint)
-            detail = f": {error.excerpt!r}" if isinstance(error, ParseError) else ""
-            logger.warning("unit %s: %s from %s%s", self.label, reason, endpoint, detail)
+        detail = f": {escaped(repr(error.excerpt))}" if isinstance(error, ParseError) else ""
+        report = self._answer_logs[endpoint].failed(self._clock(), f"{reason}{detail}")
+        if report is not None:
+            self._log_answers(endpoint, report)
         if endpoint == "vitals":
             # Without usable vitals there is no live state: count it against availability.
             self._unit_failed(endpoint, reason)
@@ -242,13 +255,9 @@ class ConnectorPoller:
         )
         if status.failure_streak >= self.polling.offline_after and status.online is not False:
             status.online = False
-            logger.warning(
-                "unit %s offline: %s (after %d failed requests; retrying, backoff up to %.0f s)",
-                self.label,
-                reason,
-                status.failure_streak,
-                self.polling.backoff_max_s,
-            )
+            report = self._availability_log.failed(self._clock(), reason)
+            if report is not None:
+                self._log_outages(report)
             if self._topics is not None:
                 self._outbox.put(self._topics.availability, "offline")
         if status.online is False and self._topics is not None:
@@ -259,9 +268,10 @@ class ConnectorPoller:
     def _succeeded(self, parsed: ParsedBody, planned: float) -> None:
         status = self.status
         endpoint = parsed.endpoint
-        if endpoint in self._endpoint_failing:
-            self._endpoint_failing.discard(endpoint)
-            logger.info("unit %s: %s answers normally again", self.label, endpoint)
+        now = self._clock()
+        answers = self._answer_logs[endpoint].succeeded(now)
+        if answers is not None:
+            self._log_answers(endpoint, answers)
         status.failure_streak = 0
         self._backoff.reset()
         status.last_bodies[endpoint] = parsed
@@ -272,9 +282,14 @@ class ConnectorPoller:
         if parsed.invalid_fields or parsed.out_of_range:
             self._warn_unusable_fields(parsed)
         self._due[endpoint] = max(planned + self.interval(endpoint), self._clock())
-        if status.online is not True:
+        outages = self._availability_log.succeeded(now)
+        if status.online is None or (
+            status.online is False and outages is not None and not outages.flapping
+        ):
             logger.info("unit %s online (%s answered)", self.label, endpoint)
-            status.online = True
+        elif outages is not None:
+            self._log_outages(outages, endpoint)
+        status.online = True
         if not self.duplicate:
             self._publish_success(parsed)
 
@@ -356,8 +371,8 @@ class ConnectorPoller:
             logger.warning(
                 "unit %s: serial number changed from %s to %s (a different unit at this address?)",
                 self.label,
-                self.status.serial,
-                serial,
+                escaped(self.status.serial),
+                escaped(serial),
             )
         self.status.serial = serial
         if self._topics is None:
@@ -365,13 +380,72 @@ class ConnectorPoller:
             problem = id_problem(candidate)
             if problem:
                 logger.error(
-                    "unit %s: serial %r gives no usable topic id (%s); set id",
+                    "unit %s: serial '%s' gives no usable topic id (%s); set id",
                     self.label,
-                    serial,
+                    escaped(serial),
                     problem,
                 )
                 return
             self._adopt_id(candidate)
+
+    def _log_answers(self, endpoint: Endpoint, report: Report) -> None:
+        """One line about repeated bad answers of ``endpoint``, as the failure log decided."""
+        if report.kind == "first":
+            logger.warning("unit %s: %s from %s", self.label, report.reason, endpoint)
+        elif report.kind == "recovered":
+            since = (
+                f" ({_count(report.failures, 'more bad answer')} in the last {report.span_s:.0f} s)"
+                if report.failures
+                else ""
+            )
+            logger.info("unit %s: %s answers normally again%s", self.label, endpoint, since)
+        else:
+            logger.warning(
+                "unit %s: %s: %d more bad answers and %d good ones in the last %.0f s "
+                "(last: %s); %s",
+                self.label,
+                endpoint,
+                report.failures,
+                report.successes,
+                report.span_s,
+                report.reason,
+                self._summary_note(report),
+            )
+
+    def _log_outages(self, report: Report, endpoint: Endpoint = "vitals") -> None:
+        """One line about a unit that keeps dropping out, as the availability log decided."""
+        if report.kind == "first":
+            logger.warning(
+                "unit %s offline: %s (after %d failed requests; retrying, backoff up to %.0f s)",
+                self.label,
+                report.reason,
+                self.status.failure_streak,
+                self.polling.backoff_max_s,
+            )
+        elif report.kind == "recovered":
+            logger.info(
+                "unit %s online (%s answered); %d more outages in the last %.0f s",
+                self.label,
+                endpoint,
+                report.failures,
+                report.span_s,
+            )
+        else:
+            logger.warning(
+                "unit %s unreachable again and again: %d more outages in the last %.0f s "
+                "(last: %s); %s",
+                self.label,
+                report.failures,
+                report.span_s,
+                report.reason,
+                self._summary_note(report),
+            )
+
+    def _summary_note(self, report: Report) -> str:
+        interval = self._availability_log.summary_interval_s
+        if report.flapping:
+            return f"while this goes on, one summary every {interval:.0f} s"
+        return f"still failing; the next summary in {interval:.0f} s"
 
     def _publish_counters(self) -> None:
         if self._topics is None:

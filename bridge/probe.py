@@ -7,12 +7,17 @@ import re
 import sys
 from typing import Any, Final
 
-from bridge.config import parse_host
-from bridge.models import ENDPOINTS, ParsedBody, ParseError, parse_endpoint
+from bridge.config import MqttConfig, parse_host
+from bridge.logtext import escaped
+from bridge.models import ENDPOINTS, ParsedBody, ParseError, Version, parse_endpoint
 from bridge.publishing import field_messages
+from bridge.topics import id_problem, slugify
 from bridge.twc import TwcClient, TwcError
 
 REDACTED: Final = "REDACTED"
+DEFAULT_BASE_TOPIC: Final = MqttConfig().base_topic
+# A field's value is shown up to this long: enough to recognise it, not a 60 kB screenful.
+MAX_PAYLOAD_CHARS: Final = 200
 # Fields that identify the unit or the owner's network.
 _SECRET_FIELDS: Final = frozenset({"serial_number", "wifi_ssid", "wifi_mac", "wifi_infra_ip"})
 _IPV4: Final = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
@@ -37,15 +42,50 @@ def _redact(value: Any, key: str = "") -> Any:  # noqa: ANN401 - walks untyped J
     return value
 
 
-def render_report(host: str, results: dict[str, ParsedBody | str], *, redact: bool) -> str:
-    """The text ``probe`` prints: each endpoint's body and the field topics it would give."""
+def unit_topic_id(configured_id: str | None, serial: str | None) -> tuple[str | None, str]:
+    """The id the bridge would name the unit's topics by (or ``None``), and why that one.
+
+    As the bridge decides: a configured ``id`` (or a slug of ``name``) first, else the slug of
+    the serial number, if that is a usable topic level.
+    """
+    if configured_id is not None:
+        return configured_id, "the connector's configured id"
+    if not serial:
+        return None, "no serial number to name its topics by: set id in its [[connectors]] entry"
+    candidate = slugify(serial)
+    problem = id_problem(candidate)
+    if problem:
+        return None, f"its serial number gives no usable topic id ({problem}): set id"
+    return candidate, "from its serial number"
+
+
+def render_report(
+    host: str,
+    results: dict[str, ParsedBody | str],
+    *,
+    redact: bool,
+    base_topic: str = DEFAULT_BASE_TOPIC,
+    configured_id: str | None = None,
+) -> str:
+    """The text ``probe`` prints: each endpoint's body and the field topics it would give.
+
+    Every line is escaped (:func:`bridge.logtext.escaped`): a body's strings can hold newlines
+    and terminal escape sequences, and none of them reaches the terminal raw.
+    """
     shown_host = REDACTED if redact else host
     serial = None
     version = results.get("version")
-    if isinstance(version, ParsedBody):
-        serial = version.fields.get("serial_number")
-    unit_id = "<id>" if redact or not isinstance(serial, str) else serial.lower()
-    lines = [f"Wall Connector at {shown_host} (read-only local API)", ""]
+    if isinstance(version, ParsedBody) and isinstance(version.model, Version):
+        serial = version.model.serial_number
+    unit_id, why = unit_topic_id(configured_id, serial)
+    if unit_id is not None and redact and configured_id is None:
+        unit_id = "<id>"  # derived from the serial number, which --redact hides
+    root = f"{base_topic}/{unit_id or '<id>'}"
+    lines = [
+        f"Wall Connector at {shown_host} (read-only local API)",
+        f"topics: {root}/... ({why})" if unit_id else f"topics: none usable: {why}",
+        "",
+    ]
     for endpoint in ENDPOINTS:
         result = results[endpoint]
         lines.append(f"== /api/1/{endpoint}")
@@ -57,17 +97,24 @@ def render_report(host: str, results: dict[str, ParsedBody | str], *, redact: bo
         lines.extend("   " + line for line in json.dumps(fields, indent=2).splitlines())
         if result.invalid_fields:
             lines.append(f"   fields of unexpected type: {', '.join(result.invalid_fields)}")
-        lines.append("   would publish:")
+        lines.append("   would publish:" if unit_id else "   would publish (once it has an id):")
         levels, skipped = field_messages(fields)
         for level, payload in levels.items():
-            lines.append(f"     twc3/{unit_id}/{endpoint}/{level} = {payload}")
+            lines.append(f"     {root}/{endpoint}/{level} = {escaped(payload, MAX_PAYLOAD_CHARS)}")
         if skipped:
             lines.append(f"     ({skipped} keys without a topic)")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(escaped(line, None) for line in lines)
 
 
-async def probe(host: str, *, redact: bool, timeout_s: float = 15.0) -> int:
+async def probe(
+    host: str,
+    *,
+    redact: bool,
+    timeout_s: float = 15.0,
+    base_topic: str = DEFAULT_BASE_TOPIC,
+    configured_id: str | None = None,
+) -> int:
     """Read the four endpoints of ``host`` once and print them; exit code 1 if none answered."""
     address, port = parse_host(host)
     shown = f"[{address}]" if ":" in address else address
@@ -83,5 +130,8 @@ async def probe(host: str, *, redact: bool, timeout_s: float = 15.0) -> int:
                 results[endpoint] = f"unparsable body: {error.reason}"
     finally:
         await client.aclose()
-    sys.stdout.write(render_report(host, results, redact=redact) + "\n")
+    report = render_report(
+        host, results, redact=redact, base_topic=base_topic, configured_id=configured_id
+    )
+    sys.stdout.write(report + "\n")
     return 0 if any(isinstance(result, ParsedBody) for result in results.values()) else 1

@@ -384,6 +384,29 @@ async def test_probe_closed_port_fails_cleanly() -> None:
     assert "Traceback" not in output
 
 
+async def test_probe_with_config_names_topics_by_the_configured_id(tmp_path: Path) -> None:
+    """``probe --config``: a host matching a connector shows its id under the base topic."""
+    port = free_port()
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        '[mqtt]\nbase_topic = "home/tesla"\n'
+        f'[[connectors]]\nhost = "127.0.0.1:{port}"\nname = "Garage Left"\n'
+    )
+    async with asyncio.timeout(TIMEOUT_S + 10):
+        code, output = await probe_cli(
+            f"127.0.0.1:{port}", "--timeout", "3", "--config", str(config)
+        )
+    assert code == 1, output
+    assert "topics: home/tesla/garage_left/... (the connector's configured id)" in output
+
+
+def test_probe_with_invalid_config_exits_2(bad_config: Path) -> None:
+    """An invalid --config is a usage error, before any request."""
+    result = run_cli("probe", "127.0.0.1:1", "--config", str(bad_config))
+    assert result.returncode == EXIT_USAGE
+    assert_no_traceback(result)
+
+
 def test_probe_rejects_url() -> None:
     """A URL instead of host[:port] is a usage error (exit 2) with one line."""
     result = run_cli("probe", "http://x")

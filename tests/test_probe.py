@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bridge.models import Endpoint, ParsedBody, parse_endpoint
-from bridge.probe import REDACTED, probe, redact_fields, render_report
+from bridge.probe import REDACTED, probe, redact_fields, render_report, unit_topic_id
 
 SERIAL = "TEST0000001"
 SSID = "VEVTVC1TU0lE"  # base64 of an invented SSID
@@ -188,3 +188,76 @@ async def test_probe_of_unreachable_unit_reports_and_exits_1(
     assert code == 1
     assert out.count("failed: connection refused") == 4
     assert "127.0.0.1" not in out
+
+
+# --- the topics the bridge would really use, and hostile strings --------------------------------
+
+HOSTILE_SERIAL = "AB\n\x1b[31mC"
+
+
+def _hostile_results() -> dict[str, ParsedBody | str]:
+    results = _results()
+    results["version"] = _parsed("version", {**VERSION, "serial_number": HOSTILE_SERIAL})
+    results["vitals"] = _parsed(
+        "vitals",
+        {**VITALS, "note\u202e": "line1\nforged\x1b[2J\x07", "bad\tkey": "x" * 1000},
+    )
+    return results
+
+
+def test_render_report_names_topics_by_the_slug_of_the_serial() -> None:
+    """The id is slugify(serial) as the bridge uses it, not the lower-cased raw serial."""
+    report = render_report(HOST, _hostile_results(), redact=False)
+    assert "topics: twc3/ab_31mc/... (from its serial number)" in report
+    assert "twc3/ab_31mc/vitals/grid_v = 241.3" in report
+
+
+def test_render_report_escapes_every_control_character() -> None:
+    """Serial, field names and values with newlines, ANSI and bidi codes are shown escaped."""
+    report = render_report(HOST, _hostile_results(), redact=False)
+    assert "\x1b" not in report
+    assert "\x07" not in report
+    assert "\u202e" not in report
+    assert all(line.isprintable() for line in report.splitlines())
+    assert not any(line.startswith("forged") for line in report.splitlines())
+    assert "twc3/ab_31mc/vitals/note_ = line1\\nforged\\x1b[2J\\x07" in report
+    # A long value is cut to one readable line.
+    assert "twc3/ab_31mc/vitals/bad_key = " + "x" * 200 + "…(+800)" in report
+
+
+def test_render_report_uses_the_configured_id_and_base_topic() -> None:
+    """A host matching a configured connector gets its id; the configured base topic is used."""
+    report = render_report(
+        HOST, _hostile_results(), redact=False, base_topic="home/tesla", configured_id="garage"
+    )
+    assert "topics: home/tesla/garage/... (the connector's configured id)" in report
+    assert "home/tesla/garage/vitals/grid_v = 241.3" in report
+    assert "twc3/" not in report
+
+
+def test_render_report_says_when_no_id_is_usable() -> None:
+    """A serial whose slug is no usable topic id: probe says to set id, as the bridge would."""
+    results = _results()
+    results["version"] = _parsed("version", {**VERSION, "serial_number": "\n\x1b[\u202e"})
+    report = render_report(HOST, results, redact=False)
+    assert "topics: none usable: its serial number gives no usable topic id" in report
+    assert "set id" in report
+    assert "would publish (once it has an id):" in report
+
+
+@pytest.mark.parametrize(
+    ("configured_id", "serial", "expected"),
+    [
+        ("garage", HOSTILE_SERIAL, "garage"),
+        (None, "PGT 0123/4", "pgt_0123_4"),
+        (None, HOSTILE_SERIAL, "ab_31mc"),
+        (None, "bridge", None),
+        (None, "\x1b[", None),
+        (None, None, None),
+    ],
+)
+def test_unit_topic_id_decides_like_the_bridge(
+    configured_id: str | None, serial: str | None, expected: str | None
+) -> None:
+    """Configured id first, else a usable slug of the serial, else none."""
+    assert unit_topic_id(configured_id, serial)[0] == expected
