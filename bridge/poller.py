@@ -136,6 +136,7 @@ class ConnectorPoller:
         self._topics: UnitTopics | None = None
         self._waiting_logged = False
         self._endpoint_failing: set[Endpoint] = set()
+        self._endpoint_backoff: dict[Endpoint, Backoff] = {}
         if configured_id is not None:
             self._adopt_id(configured_id)
         # Units of one bridge start spread over an interval, so their requests (and the work on
@@ -224,9 +225,10 @@ class ConnectorPoller:
             return
         self.status.failed_requests += 1
         self._publish_counters()
-        self._due[endpoint] = self._clock() + max(
-            self.interval(endpoint), self.polling.backoff_max_s
-        )
+        # Asked again after this endpoint's own backoff, not its interval: a version endpoint
+        # failing once must not leave the serial number unknown for an hour.
+        backoff = self._endpoint_backoff.setdefault(endpoint, self._backoff.fresh())
+        self._due[endpoint] = self._clock() + backoff.next_delay()
 
     def _unit_failed(self, endpoint: Endpoint, reason: str) -> None:
         status = self.status
@@ -262,6 +264,7 @@ class ConnectorPoller:
             logger.info("unit %s: %s answers normally again", self.label, endpoint)
         status.failure_streak = 0
         self._backoff.reset()
+        self._endpoint_backoff.pop(endpoint, None)
         status.last_bodies[endpoint] = parsed
         if isinstance(parsed.model, Version) and parsed.model.serial_number:
             self._learn_serial(parsed.model.serial_number)
