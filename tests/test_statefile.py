@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bridge.derived import SessionEnergy
-from bridge.statefile import STATE_VERSION, EnergyRecord, StateFile, parse_state
+from bridge.statefile import STATE_VERSION, EnergyRecord, SavedState, StateFile, parse_state
 
 LOGGER = "bridge.statefile"
 PREFIX = "homeassistant"
@@ -420,6 +420,9 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert again.energy_records() == state.energy_records()
     assert again.address_of("S1") == "wallconnector.local"
     assert _on_disk(state)["discovery"] == {"topics": topics, "components": components}
+    written = SavedState.model_validate(_on_disk(state))  # the schema, as documented
+    assert written.version == STATE_VERSION
+    assert written.energy == state.energy_records()
 
 
 def test_save_replaces_the_whole_file(tmp_path: Path) -> None:
