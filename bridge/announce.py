@@ -33,7 +33,6 @@ from bridge.statefile import StateFile
 logger = logging.getLogger(__name__)
 
 BRIDGE_OWNER: Final = "bridge"
-STATE_KEY: Final = "discovery"
 
 
 class Announcer:
@@ -52,21 +51,12 @@ class Announcer:
         self._outbox = outbox
         self._state = state
         self._configured = configured_owners
-        saved: dict[str, Any] = (state.load() if state else {}).get(STATE_KEY, {})
-        topics = saved.get("topics", {})
-        self._announced: dict[str, str] = {
-            str(topic): str(owner) for topic, owner in topics.items() if isinstance(owner, str)
-        }
+        self._announced: dict[str, str] = state.announced_topics() if state else {}
         # The same, by owner: one unit's announce must not scan every unit's topics.
         self._owned: dict[str, dict[str, None]] = {}  # ordered sets: removals in announce order
         for topic, owner in self._announced.items():
             self._owned.setdefault(owner, {})[topic] = None
-        components = saved.get("components", {})
-        self._components: dict[str, dict[str, str]] = {
-            str(owner): {str(k): str(v) for k, v in value.items()}
-            for owner, value in components.items()
-            if isinstance(value, dict)
-        }
+        self._components: dict[str, dict[str, str]] = state.announced_components() if state else {}
         self._signatures: dict[str, object] = {}
         # Device mode: components removed during this run stay as stubs in every later payload,
         # so a stub superseded before it reached the broker is not lost.
@@ -161,10 +151,9 @@ class Announcer:
     def _save(self) -> None:
         if self._state is None:
             return
-        data = self._state.load()
-        # The live mappings, not copies (O(units) each time): a flush writes what they hold then.
-        data[STATE_KEY] = {"topics": self._announced, "components": self._components}
-        self._state.update(data)  # written by the bridge's periodic flush, not once per unit
+        # The live mappings, not copies (O(units) each time): a flush writes what they hold then,
+        # the bridge's periodic flush, not once per unit.
+        self._state.keep_announced(self._announced, self._components)
 
     def announced_topics(self) -> list[str]:
         """Every config topic currently announced."""

@@ -8,12 +8,13 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Final
 
 from bridge.announce import Announcer, Reannouncer
 from bridge.config import BridgeConfig, ConnectorConfig, GroupConfig
 from bridge.derivation import UnitDerivation
-from bridge.derived import Role, SessionEnergy
+from bridge.derived import Role, SessionEnergy, continued_energy
 from bridge.discovery import Site, UnitInfo, group_configs
 from bridge.groups import MemberState, group_values
 from bridge.homie import HomiePublisher, unit_values
@@ -22,7 +23,7 @@ from bridge.mqtt import MqttLink, WillKeeper
 from bridge.outbox import Outbox
 from bridge.poller import ConnectorPoller, IdRegistry
 from bridge.publishing import MAX_FIELDS_PER_BODY
-from bridge.statefile import StateFile
+from bridge.statefile import EnergyRecord, StateFile
 from bridge.topics import field_level, plain_payload
 from bridge.twc import TwcClient
 
@@ -98,6 +99,27 @@ def connector_label(connector: ConnectorConfig) -> str:
     return f"{name} ({connector.host})" if name else connector.host
 
 
+@dataclass
+class EnergyKeeping:
+    """How one connector's energy total is kept across restarts."""
+
+    owner: str  # connector_owner: the key its record is saved under
+    restored_wh: float  # where this run's count started (see derived.continued_energy)
+    serial_hint: str | None  # the serial the restored record was saved with
+    continued_serial: str | None = None  # the serial whose saved total was taken over
+    saved: tuple[float, float] | None = None  # total and monotonic time of the last save
+
+
+def restored_energy(
+    record: EnergyRecord | None,
+) -> tuple[SessionEnergy, float, str | None]:
+    """The accumulator a connector starts with, its total, and the serial it was saved with."""
+    if record is None:
+        return SessionEnergy(), 0.0, None
+    energy = record.energy()
+    return energy, energy.total_wh, record.serial
+
+
 class Bridge:
     """Everything one bridge process runs; state here outlives broker reconnects."""
 
@@ -120,7 +142,7 @@ class Bridge:
                 self.registry.claim(cid, connector_label(connector))
         ha = config.homeassistant
         self.site = Site(prefix=ha.discovery_prefix, base_topic=config.mqtt.base_topic)
-        self.state_file = StateFile(config.bridge.data_dir / STATE_FILE_NAME)
+        self.state_file = StateFile(config.bridge.data_dir / STATE_FILE_NAME, ha.discovery_prefix)
         self.announcer = Announcer(
             self.site,
             ha.discovery,
@@ -130,8 +152,7 @@ class Bridge:
             | {f"group:{g.group_id}" for g in config.groups},
         )
         self.reannouncer = Reannouncer(self.outbox, first_prefix=f"{ha.discovery_prefix}/")
-        self._energy_restored: set[str] = set()
-        self._energy_saved: dict[str, tuple[float, float]] = {}
+        self._energy: dict[int, tuple[ConnectorPoller, EnergyKeeping]] = {}  # by id(poller)
         make_client = client_factory or self._default_client
         self.clients: list[TwcClient] = []
         self.pollers_by_id: dict[str, ConnectorPoller] = {}
@@ -149,6 +170,18 @@ class Bridge:
                 else "follower"
             )
             self.clients.append(client)
+            # Restored before the first poll, by connector key: the first energy_wh published is
+            # the saved total even when the unit never tells its serial number.
+            owner = connector_owner(connector)
+            energy, restored_wh, serial_hint = restored_energy(
+                self.state_file.saved_energy_for_connector(owner, connector.host)
+            )
+            if restored_wh:
+                logger.info(
+                    "unit %s: energy total restored: %.0f Wh",
+                    connector_label(connector),
+                    restored_wh,
+                )
             self.pollers.append(
                 ConnectorPoller(
                     label=connector_label(connector),
@@ -164,11 +197,14 @@ class Bridge:
                         connector.phase_mode,
                         connector.rated_current_a,
                         configured_role=configured_role,
+                        energy=energy,
                     ),
                     start_delay_s=polling.vitals_s * (index % START_SLOTS) / START_SLOTS,
                     repeat_summary_s=config.logging.repeat_summary_s,
                 )
             )
+            keeping = EnergyKeeping(owner, restored_wh, serial_hint)
+            self._energy[id(self.pollers[-1])] = (self.pollers[-1], keeping)
             if (cid := connector.configured_id()) is not None:
                 self.pollers_by_id[cid] = self.pollers[-1]
         discovery_on = ha.discovery != "off"
@@ -283,10 +319,7 @@ class Bridge:
                     owner,
                 )
                 return False
-            addresses = self.state_file.load().get("addresses", {})
-            if not isinstance(addresses, dict):
-                addresses = {}
-            previous = addresses.get(serial)
+            previous = self.state_file.address_of(serial)
             if previous is not None and previous != connector.host:
                 logger.info(
                     "Wall Connector %s now answers at %s (was %s); same device and topics",
@@ -294,52 +327,52 @@ class Bridge:
                     connector.host,
                     previous,
                 )
-            if previous != connector.host:
-                data = self.state_file.load()
-                data["addresses"] = {**addresses, serial: connector.host}
-                self.state_file.update(data)
+            self.state_file.keep_address(serial, connector.host)
+            self._continue_saved_energy(poller, serial)
             return True
 
         return check
 
+    def _continue_saved_energy(self, poller: ConnectorPoller, serial: str) -> None:
+        """Once the serial number is known, take over its saved total if that is higher."""
+        _, keeping = self._energy.get(id(poller), (poller, None))
+        if keeping is None or keeping.continued_serial == serial:
+            return
+        keeping.continued_serial = serial
+        record = self.state_file.saved_energy_for_serial(serial)
+        if record is None:
+            return
+        current = poller.derivation.energy
+        continued = continued_energy(current, keeping.restored_wh, record.energy())
+        keeping.restored_wh = max(keeping.restored_wh, record.total_wh)
+        if continued is not current:
+            poller.derivation.energy = continued
+            logger.info(
+                "unit %s: energy total restored: %.0f Wh saved for serial %s, now %.0f Wh",
+                poller.label,
+                record.total_wh,
+                serial,
+                continued.total_wh,
+            )
+
     def _keep_energy(self, poller: ConnectorPoller) -> None:
-        """Restore a unit's energy total once its serial is known; save it now and then."""
-        serial = poller.status.serial
-        if serial is None:
-            return
-        energy = poller.derivation.energy
-        if serial not in self._energy_restored:
-            self._energy_restored.add(serial)
-            saved = self.state_file.load().get("energy", {}).get(serial)
-            if saved is not None and energy.total_wh == 0:
-                poller.derivation.energy = SessionEnergy.from_json(saved)
-                logger.info(
-                    "unit %s: energy total restored: %.0f Wh",
-                    poller.label,
-                    poller.derivation.energy.total_wh,
-                )
-            return
-        last = self._energy_saved.get(serial)
-        now = time.monotonic()
-        if last is not None and (
-            last[0] == energy.total_wh or now - last[1] < ENERGY_SAVE_INTERVAL_S
+        """Save the unit's energy total now and then, when it changed."""
+        saved = self._energy[id(poller)][1].saved
+        if saved is not None and (
+            saved[0] == poller.derivation.energy.total_wh
+            or time.monotonic() - saved[1] < ENERGY_SAVE_INTERVAL_S
         ):
             return
         self.save_energy()
 
     def save_energy(self) -> None:
         """Put every unit's energy accumulator into the state file (written by the next flush)."""
-        data = self.state_file.load()
-        stored = data.get("energy")
-        energy: dict[str, object] = dict(stored) if isinstance(stored, dict) else {}
         now = time.monotonic()
-        for poller in self.pollers:
-            serial = poller.status.serial
-            if serial is not None and serial in self._energy_restored:
-                energy[serial] = poller.derivation.energy.to_json()
-                self._energy_saved[serial] = (poller.derivation.energy.total_wh, now)
-        data["energy"] = energy
-        self.state_file.update(data)
+        for poller, keeping in self._energy.values():
+            energy = poller.derivation.energy
+            serial = poller.status.serial or keeping.serial_hint
+            self.state_file.keep_energy(keeping.owner, serial, energy)
+            keeping.saved = (energy.total_wh, now)
 
     async def _housekeeping(self) -> None:
         """Write the state file when something changed; send again topics not sent for long."""

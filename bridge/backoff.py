@@ -39,6 +39,10 @@ class Backoff:
         spread = 1 + self.jitter * (2 * self._rand() - 1)
         return min(self.maximum, base * spread)
 
+    def fresh(self) -> Backoff:
+        """A new backoff with the same settings and no failures."""
+        return Backoff(self.initial, self.maximum, self.factor, self.jitter, self._rand)
+
     def reset(self) -> None:
         """Forget past failures after a success."""
         self.failures = 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import ipaddress
 import math
 from dataclasses import dataclass, field
@@ -327,6 +328,22 @@ class SessionEnergy:
             restored.prev_time = float(prev) if _finite_number(prev) else float(at)
             restored.reset_pending = data.get("reset_pending") is True
         return restored
+
+
+def continued_energy(
+    current: SessionEnergy, restored_wh: float, saved: SessionEnergy | None
+) -> SessionEnergy:
+    """The accumulator to go on with once a unit's serial number names a saved total.
+
+    ``current`` started this run at ``restored_wh`` (what its connector key restored, 0 if
+    nothing) and has counted ``current.total_wh - restored_wh`` since. When the serial number's
+    saved total is higher (the id was renamed, or the file predates connector keys), that
+    counted energy is added to it: the published total only grows. Otherwise ``current`` as is.
+    """
+    if saved is None or saved.total_wh <= restored_wh:
+        return current
+    counted = max(0.0, current.total_wh - restored_wh)
+    return dataclasses.replace(current, total_wh=saved.total_wh + counted)
 
 
 def _finite_number(value: object) -> TypeGuard[float]:

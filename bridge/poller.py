@@ -151,6 +151,7 @@ class ConnectorPoller:
         # What the log says about repeated failures; the poller topics keep the exact counts.
         self._answer_logs = {name: FailureLog(repeat_summary_s) for name in ENDPOINTS}
         self._availability_log = FailureLog(repeat_summary_s, burst=AVAILABILITY_BURST)
+        self._endpoint_backoff: dict[Endpoint, Backoff] = {}
         if configured_id is not None:
             self._adopt_id(configured_id)
         # Units of one bridge start spread over an interval, so their requests (and the work on
@@ -239,9 +240,10 @@ class ConnectorPoller:
             return
         self.status.failed_requests += 1
         self._publish_counters()
-        self._due[endpoint] = self._clock() + max(
-            self.interval(endpoint), self.polling.backoff_max_s
-        )
+        # Asked again after this endpoint's own backoff, not its interval: a version endpoint
+        # failing once must not leave the serial number unknown for an hour.
+        backoff = self._endpoint_backoff.setdefault(endpoint, self._backoff.fresh())
+        self._due[endpoint] = self._clock() + backoff.next_delay()
 
     def _unit_failed(self, endpoint: Endpoint, reason: str) -> None:
         status = self.status
@@ -274,6 +276,7 @@ class ConnectorPoller:
             self._log_answers(endpoint, answers)
         status.failure_streak = 0
         self._backoff.reset()
+        self._endpoint_backoff.pop(endpoint, None)
         status.last_bodies[endpoint] = parsed
         if isinstance(parsed.model, Version) and parsed.model.serial_number:
             self._learn_serial(parsed.model.serial_number)

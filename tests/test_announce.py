@@ -7,13 +7,13 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
 
-from bridge.announce import STATE_KEY, Announcer, Reannouncer
+from bridge.announce import Announcer, Reannouncer
 from bridge.discovery import (
     DiscoveryMode,
     UnitInfo,
@@ -69,8 +69,7 @@ def _published(batch: list[Message]) -> dict[str, Any]:
 
 
 def _saved_topics(state: StateFile) -> dict[str, str]:
-    topics: dict[str, str] = state.load()[STATE_KEY]["topics"]
-    return topics
+    return state.announced_topics()
 
 
 def _announcer(
@@ -99,10 +98,12 @@ class CheckingStateFile(StateFile):
         self.results: list[bool] = []
         self.snapshots: list[dict[str, Any]] = []
 
-    def update(self, data: dict[str, Any]) -> None:
+    def keep_announced(
+        self, topics: Mapping[str, str], components: Mapping[str, Mapping[str, str]]
+    ) -> None:
         """Count the changes handed over in memory."""
         self.updates += 1
-        super().update(data)
+        super().keep_announced(topics, components)
 
     def flush(self) -> bool:
         """Write, then read the file back as JSON and look for leftover temporary files."""
@@ -347,7 +348,7 @@ def test_state_file_is_complete_json_after_every_save(tmp_path: Path) -> None:
     assert state.flush()
     _send_all(outbox)
     assert state.results == [True] * 4
-    assert [set(s[STATE_KEY]["topics"]) for s in state.snapshots] == [
+    assert [set(s["discovery"]["topics"]) for s in state.snapshots] == [
         {BRIDGE_ENTITY_TOPIC},
         {BRIDGE_ENTITY_TOPIC} | _garage_topics(),
         {BRIDGE_ENTITY_TOPIC} | _garage_topics() | _carport_topics(),
@@ -355,13 +356,33 @@ def test_state_file_is_complete_json_after_every_save(tmp_path: Path) -> None:
     ]
 
 
-def test_state_file_keeps_other_keys(tmp_path: Path) -> None:
-    """The announcer rewrites only its own key of the state file."""
+def test_state_file_keeps_the_other_parts(tmp_path: Path) -> None:
+    """The announcer changes only what discovery announced in the state file."""
     state = StateFile(tmp_path / "state.json")
-    assert state.save({"other": {"kept": True}})
-    announcer, _ = _announcer(state)
+    state.keep_address("TEST0001", "192.0.2.50")
+    assert state.flush()
+    announcer, _ = _announcer(StateFile(state.path))
     announcer.start()
-    assert state.load()["other"] == {"kept": True}
+    assert announcer._state is not None
+    assert announcer._state.flush()
+    again = StateFile(state.path)
+    assert again.address_of("TEST0001") == "192.0.2.50"
+    assert set(again.announced_topics()) == {BRIDGE_ENTITY_TOPIC}
+
+
+def test_wildcard_topics_in_the_state_file_are_never_deleted_or_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A config topic with a wildcard in the file is dropped at load, never sent to the broker."""
+    path = tmp_path / "state.json"
+    bad = "homeassistant/sensor/+/x/config"
+    path.write_text(json.dumps({"discovery": {"topics": {bad: "gone", GRID_V_TOPIC: "gone"}}}))
+    caplog.set_level(logging.WARNING)
+    announcer, outbox = _announcer(StateFile(path))
+    announcer.start()
+    assert _deleted(outbox.pending()) == {GRID_V_TOPIC}
+    assert all("+" not in m.topic for m in outbox.pending())
+    assert len([r for r in caplog.records if "invalid discovery topic" in r.getMessage()]) == 1
 
 
 def _unwritable_state(tmp_path: Path) -> CheckingStateFile:

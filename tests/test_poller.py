@@ -288,6 +288,40 @@ async def test_http_error_on_secondary_endpoint_does_not_mark_unit_offline() -> 
     assert int(outbox.get("twc3/garage/poller/failed_requests") or "0") >= 1
 
 
+async def test_failed_version_is_retried_with_exponential_capped_backoff_reset_on_success() -> None:
+    """HTTP 500 from version: asked again after 2, 4, 8 ... s up to backoff_max_s, not version_s.
+
+    Vitals keep answering meanwhile; once version answers, the next failure starts at 2 s again.
+    """
+    poller, unit, time_source, _ = make_poller()  # backoff 2 s doubling up to 60 s, no jitter
+    original = unit.fetch
+    failing = [True]
+
+    async def version_fails(endpoint: Endpoint) -> bytes:
+        if endpoint == "version" and failing[0]:
+            unit.requests.append((time_source.now, endpoint))
+            raise TwcBadResponseError("unexpected response: HTTP 500", endpoint)
+        return await original(endpoint)
+
+    unit.fetch = version_fails  # type: ignore[method-assign]
+    await poll_until(poller, time_source, 300)
+    asked = [at for at, endpoint in unit.requests if endpoint == "version"]
+    gaps = [later - earlier for earlier, later in pairwise(asked)]
+    # A retry may wait up to ~2 s more for another endpoint's read (one a second).
+    expected = [2, 4, 8, 16, 32, 60, 60]
+    assert len(gaps) >= len(expected)
+    assert all(want <= gap <= want + 2.5 for gap, want in zip(gaps, expected, strict=False)), gaps
+    assert poller.status.online is True
+    failing[0] = False
+    await poll_until(poller, time_source, 11)
+    assert poller.status.serial == "TEST0001"
+    failing[0] = True
+    poller._due["version"] = time_source.now  # its next hourly read, now
+    await poll_until(poller, time_source, 5)
+    asked = [at for at, endpoint in unit.requests if endpoint == "version"]
+    assert 2 <= asked[-1] - asked[-2] <= 4.5  # the backoff starts over at 2 s
+
+
 async def test_topic_id_comes_from_the_serial_when_not_configured() -> None:
     """Without id or name the serial number in lower case names the topics."""
     poller, _, _, outbox = make_poller(configured_id=None)

@@ -1,4 +1,4 @@
-"""The state file: tolerant loading, atomic saves, and one warning per run of failures."""
+"""The state file: its schema and versions, tolerant loading, atomic saves, one warning a time."""
 
 from __future__ import annotations
 
@@ -6,15 +6,21 @@ import asyncio
 import json
 import logging
 import os
+import re
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bridge.statefile import StateFile, _snapshot
+from bridge.derived import SessionEnergy
+from bridge.statefile import STATE_VERSION, EnergyRecord, SavedState, StateFile, parse_state
 
 LOGGER = "bridge.statefile"
+PREFIX = "homeassistant"
+TOPIC = "homeassistant/sensor/twc3_s1/vitals_grid_v/config"
+SET_ASIDE = re.compile(r"state\.json\.bad-\d{8}T\d{6}Z(-\d+)?")
 
 
 def _messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
@@ -28,14 +34,39 @@ def _blocked(tmp_path: Path) -> StateFile:
     return StateFile(blocker / "state.json")
 
 
-# --- load ---------------------------------------------------------------------------------------
+def _on_disk(state: StateFile) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(state.path.read_text(encoding="utf-8"))
+    return data
+
+
+def _energy(total_wh: float) -> SessionEnergy:
+    return SessionEnergy(total_wh=total_wh, last_session_wh=10.0, last_time=5.0, prev_uptime_s=7)
+
+
+def _change(state: StateFile, n: int) -> None:
+    """One small change in memory (the address of unit S<n>)."""
+    state.keep_address("S1", f"10.0.0.{n}")
+
+
+# --- loading: a missing, unusable or partly valid file ------------------------------------------
+
+
+def _empty(state: StateFile) -> bool:
+    return (
+        state.energy_records() == []
+        and state.announced_topics() == {}
+        and state.announced_components() == {}
+        and state.address_of("S1") is None
+    )
 
 
 def test_missing_file_loads_empty_quietly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """No file yet is the normal first start: an empty object and no warning."""
+    """No file yet is the normal first start: nothing saved, no warning, nothing to write."""
     caplog.set_level(logging.INFO, logger=LOGGER)
-    assert StateFile(tmp_path / "missing" / "state.json").load() == {}
+    state = StateFile(tmp_path / "missing" / "state.json")
+    assert _empty(state)
     assert caplog.records == []
+    assert not state.dirty
 
 
 @pytest.mark.parametrize(
@@ -44,64 +75,364 @@ def test_missing_file_loads_empty_quietly(tmp_path: Path, caplog: pytest.LogCapt
         ("{not json", "is not valid JSON"),
         ("", "is not valid JSON"),
         ("\x00\x01", "is not valid JSON"),
+        ("[" * 100_000, "is not valid JSON"),
         ("[1, 2]", "holds no JSON object"),
+        ("[]", "holds no JSON object"),
         ("null", "holds no JSON object"),
         ('"text"', "holds no JSON object"),
+        ('{"version": 3, "energy": []}', "has version 3, unknown to this bridge"),
+        ('{"version": "2"}', "has a version that is no number"),
+        ('{"version": true}', "has a version that is no number"),
+        ('{"version": 0}', "has version 0"),
     ],
 )
-def test_unusable_file_loads_empty_with_a_warning(
+def test_unusable_file_starts_empty_with_one_warning_and_is_kept_aside(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, warning: str
 ) -> None:
-    """Invalid JSON or a non-object gives an empty object and one warning."""
+    """Not JSON, no object or an unknown version: one warning, the file renamed, never lost."""
     caplog.set_level(logging.INFO, logger=LOGGER)
     path = tmp_path / "state.json"
     path.write_text(text, encoding="utf-8")
-    assert StateFile(path).load() == {}
+    state = StateFile(path)
+    assert _empty(state)
     (message,) = _messages(caplog, logging.WARNING)
     assert warning in message
+    assert "starting empty" in message
+    assert state.set_aside is not None
+    assert SET_ASIDE.fullmatch(state.set_aside.name)
+    assert f"kept aside as {state.set_aside.name}" in message
+    assert state.set_aside.read_text(encoding="utf-8") == text
+    assert not path.exists()
+    assert state.flush()  # the bridge's state goes on in a new file
+    assert _on_disk(state)["version"] == STATE_VERSION
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["state.json", state.set_aside.name]
+    )
 
 
-def test_invalid_utf8_loads_empty(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_set_aside_file_is_named_by_utc_time_and_never_replaces_another(tmp_path: Path) -> None:
+    """Two bad files in the same second get two names: no set-aside file is written over."""
+    moment = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
+    names = []
+    for text in ("first", "second"):
+        (tmp_path / "state.json").write_text(text, encoding="utf-8")
+        state = StateFile(tmp_path / "state.json", clock=lambda: moment)
+        state.load()
+        assert state.set_aside is not None
+        names.append(state.set_aside.name)
+    assert names == ["state.json.bad-20250304T050607Z", "state.json.bad-20250304T050607Z-1"]
+    assert (tmp_path / names[0]).read_text(encoding="utf-8") == "first"
+    assert (tmp_path / names[1]).read_text(encoding="utf-8") == "second"
+
+
+def test_invalid_utf8_starts_empty(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Bytes that are not UTF-8 are treated like any unusable file."""
     caplog.set_level(logging.INFO, logger=LOGGER)
     path = tmp_path / "state.json"
     path.write_bytes('{"unit": "°C"}'.encode("latin-1"))
-    assert StateFile(path).load() == {}
-    assert len(_messages(caplog, logging.WARNING)) == 1
+    state = StateFile(path)
+    assert _empty(state)
+    (message,) = _messages(caplog, logging.WARNING)
+    assert "is not UTF-8 text" in message
+    assert state.set_aside is not None
 
 
-def test_unreadable_file_loads_empty(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A path that cannot be read (here: a directory) gives an empty object and a warning."""
+def test_unreadable_file_starts_empty(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A path that cannot be read (here: a directory) starts empty with one warning."""
     caplog.set_level(logging.INFO, logger=LOGGER)
     (tmp_path / "state.json").mkdir()
-    assert StateFile(tmp_path / "state.json").load() == {}
+    state = StateFile(tmp_path / "state.json")
+    assert _empty(state)
     (message,) = _messages(caplog, logging.WARNING)
     assert "cannot be read" in message
+    assert state.set_aside is not None
+    assert state.set_aside.is_dir()
+
+
+def test_unreadable_folder_warns_once_with_nothing_to_keep_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    state = _blocked(tmp_path)
+    assert _empty(state)
+    (message,) = _messages(caplog, logging.WARNING)
+    assert "cannot be read (Not a directory); nothing to keep aside; starting empty" in message
+
+
+VERSION_1 = {
+    "energy": {
+        "S1": {
+            "total_wh": 1234.5,
+            "last_session_wh": 10.0,
+            "last_time": 5.0,
+            "last_uptime_s": 7,
+            "last_session_s": 3,
+            "last_connected": True,
+            "prev_time": 6.0,
+            "reset_pending": False,
+        },
+        "S2": {"total_wh": 99.0},
+    },
+    "addresses": {"S1": "192.0.2.10", "S2": "garage.local"},
+    "discovery": {
+        "topics": {TOPIC: "garage", "homeassistant/device/twc3_s1/config": "garage"},
+        "components": {"garage": {"vitals_grid_v": "sensor"}},
+    },
+}
+
+
+def test_version_1_is_read_quietly_and_written_as_the_current_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Today's file (no version key) loads whole, without a warning or a set-aside file."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(VERSION_1), encoding="utf-8")
+    state = StateFile(path)
+    s1 = state.saved_energy_for_serial("S1")
+    assert s1 is not None
+    assert s1.connector is None
+    assert s1.energy() == SessionEnergy(
+        total_wh=1234.5,
+        last_session_wh=10.0,
+        last_time=5.0,
+        prev_uptime_s=7,
+        prev_session_s=3,
+        prev_connected=True,
+        prev_time=6.0,
+    )
+    assert state.address_of("S2") == "garage.local"
+    assert state.announced_topics() == VERSION_1["discovery"]["topics"]  # type: ignore[index]
+    assert state.announced_components() == {"garage": {"vitals_grid_v": "sensor"}}
+    assert caplog.records == []
+    assert state.set_aside is None
+    assert not state.dirty  # nothing changed: not rewritten
+
+    _change(state, 9)
+    assert state.flush()
+    saved = _on_disk(state)
+    assert saved["version"] == STATE_VERSION
+    assert {r["serial"]: r["total_wh"] for r in saved["energy"]} == {"S1": 1234.5, "S2": 99.0}
+    assert saved["discovery"] == VERSION_1["discovery"]
+    again = StateFile(path)
+    assert again.energy_records() == state.energy_records()
+    assert again.address_of("S1") == "10.0.0.9"
+
+
+@pytest.mark.parametrize(
+    ("broken", "problem"),
+    [
+        ({"energy": 5}, "energy is not an object; dropped"),
+        ({"energy": {"S9": {"total_wh": -1}}}, "1 invalid energy entry dropped"),
+        ({"energy": {"S9": {"total_wh": "12"}}}, "1 invalid energy entry dropped"),
+        ({"energy": {"S9": [1]}}, "1 invalid energy entry dropped"),
+        ({"addresses": ["x"]}, "addresses is not an object; dropped"),
+        ({"addresses": {"S9": 5}}, "1 invalid addresses entry dropped"),
+        ({"discovery": "x"}, "discovery is not an object; dropped"),
+        ({"discovery": {"topics": []}}, "discovery topic is not an object; dropped"),
+        (
+            {"discovery": {"topics": {"homeassistant/sensor/+/x/config": "a"}}},
+            "1 invalid discovery topic entry dropped",
+        ),
+        ({"discovery": {"topics": {"homeassistant/#": "a"}}}, "invalid discovery topic"),
+        ({"discovery": {"topics": {"homeassistant//x/config": "a"}}}, "invalid discovery topic"),
+        ({"discovery": {"topics": {"homeassistant/a\x00/config": "a"}}}, "invalid discovery"),
+        ({"discovery": {"topics": {"other/sensor/x/config": "a"}}}, "invalid discovery topic"),
+        ({"discovery": {"topics": {"homeassistant/x/config": 3}}}, "invalid discovery topic"),
+        ({"discovery": {"components": {"a": {"k": 1}}}}, "invalid discovery component"),
+        ({"discovery": {"extra": 1}}, "discovery key 'extra' dropped"),
+        ({"surprise\n\x1b[31m": 1}, "unknown key 'surprise\\n\\x1b[31m' dropped"),
+    ],
+)
+def test_a_broken_part_is_dropped_and_the_rest_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, broken: dict[str, Any], problem: str
+) -> None:
+    """One bad section or entry: one warning naming it, the file kept aside, the rest loaded."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    data: dict[str, Any] = json.loads(json.dumps(VERSION_1))
+    for key, value in broken.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            for inner, part in value.items():
+                if isinstance(part, dict) and isinstance(data[key].get(inner), dict):
+                    data[key][inner].update(part)
+                else:
+                    data[key][inner] = part
+        else:
+            data[key] = value
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    state = StateFile(path)
+    state.load()
+    (message,) = _messages(caplog, logging.WARNING)
+    assert problem in message
+    assert "starting with its valid part" in message
+    assert "\n" not in message
+    assert "\x1b" not in message
+    assert state.set_aside is not None
+    assert json.loads(state.set_aside.read_text(encoding="utf-8")) == data
+    # What was not broken is all there.
+    if "energy" not in broken:
+        assert state.saved_energy_for_serial("S1") is not None
+        assert state.saved_energy_for_serial("S2") is not None
+    if "addresses" not in broken:
+        assert state.address_of("S1") == "192.0.2.10"
+    if "discovery" not in broken:
+        assert TOPIC in state.announced_topics()
+    if "energy" in broken and broken["energy"] != 5:
+        assert state.saved_energy_for_serial("S9") is None
+        assert state.saved_energy_for_serial("S1") is not None
+    assert not any("+" in t or "#" in t or "\x00" in t for t in state.announced_topics())
+    assert state.dirty  # the valid part is written back by the next flush
+    assert state.flush()
+    assert StateFile(path).energy_records() == state.energy_records()
+
+
+def test_parse_state_checks_topics_against_the_configured_prefix() -> None:
+    """A topic under another prefix is not one of this bridge's configs."""
+    data = {"version": 2, "discovery": {"topics": {"ha/sensor/x/config": "a", TOPIC: "b"}}}
+    loaded, problems = parse_state(data, "ha")
+    assert loaded.topics == {"ha/sensor/x/config": "a"}
+    assert problems == ["1 invalid discovery topic entry dropped"]
+
+
+def test_damaged_side_fields_of_a_record_cost_its_session_base_not_its_total() -> None:
+    """A record whose total is valid survives a damaged session field."""
+    entry = {"serial": "S1", "total_wh": 50.0, "last_session_wh": "x", "last_time": 5.0}
+    loaded, problems = parse_state({"version": 2, "energy": [entry]}, PREFIX)
+    assert problems == []
+    (record,) = loaded.energy
+    assert record.energy() == SessionEnergy(total_wh=50.0)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"total_wh": 5.0},  # neither serial nor connector
+        {"serial": "", "total_wh": 5.0},
+        {"serial": "S1", "total_wh": float("inf")},
+        {"serial": "S1", "total_wh": True},
+        {"serial": "S1"},
+        {"serial": 7, "total_wh": 5.0},
+        "S1",
+    ],
+)
+def test_invalid_energy_records_are_dropped(entry: object) -> None:
+    loaded, problems = parse_state({"version": 2, "energy": [entry]}, PREFIX)
+    assert loaded.energy == []
+    assert problems == ["1 invalid energy entry dropped"]
+
+
+# --- energy records --------------------------------------------------------------------------
+
+
+def test_energy_is_found_by_connector_key_or_by_the_serial_last_seen_at_the_address(
+    tmp_path: Path,
+) -> None:
+    """A connector key finds its record; a file without one finds it through the address book."""
+    state = StateFile(tmp_path / "state.json")
+    state.keep_energy("garage", "S1", _energy(100.0))
+    state.keep_energy("192.0.2.7", None, _energy(7.0))
+    state.keep_address("S1", "192.0.2.10")
+    assert state.flush()
+    restarted = StateFile(state.path)
+    by_key = restarted.saved_energy_for_connector("garage", "elsewhere")
+    assert by_key is not None
+    assert (by_key.serial, by_key.connector, by_key.total_wh) == ("S1", "garage", 100.0)
+    by_address = restarted.saved_energy_for_connector("renamed", "192.0.2.10")
+    assert by_address == by_key
+    no_serial = restarted.saved_energy_for_connector("192.0.2.7", "192.0.2.7")
+    assert no_serial is not None
+    assert (no_serial.serial, no_serial.total_wh) == (None, 7.0)
+    assert restarted.saved_energy_for_connector("other", "192.0.2.99") is None
+    assert restarted.saved_energy_for_serial("S1") == by_key
+
+
+def test_saved_records_stay_as_loaded_while_live_ones_change(tmp_path: Path) -> None:
+    """What a unit finds when its serial arrives is the total saved at start, not this run's."""
+    state = StateFile(tmp_path / "state.json")
+    state.keep_energy("garage", "S1", _energy(100.0))
+    assert state.flush()
+    restarted = StateFile(state.path)
+    restarted.keep_energy("garage", "S1", _energy(150.0))
+    saved = restarted.saved_energy_for_serial("S1")
+    assert saved is not None
+    assert saved.total_wh == 100.0
+    assert [r.total_wh for r in restarted.energy_records()] == [150.0]
+
+
+def test_a_record_superseded_under_a_new_key_goes_but_a_higher_one_stays(tmp_path: Path) -> None:
+    """Renamed id: the new key's record replaces the old one only once it holds at least as much."""
+    state = StateFile(tmp_path / "state.json")
+    state.keep_energy("garage", "S1", _energy(100.0))
+    state.keep_energy("carport", "S1", _energy(40.0))
+    assert sorted((r.connector, r.total_wh) for r in state.energy_records()) == [
+        ("carport", 40.0),
+        ("garage", 100.0),
+    ]
+    state.keep_energy("carport", "S1", _energy(140.0))
+    assert [(r.connector, r.total_wh) for r in state.energy_records()] == [("carport", 140.0)]
+
+
+def test_keeping_the_same_energy_again_changes_nothing(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.json")
+    state.keep_energy("garage", "S1", _energy(100.0))
+    assert state.flush()
+    state.keep_energy("garage", "S1", _energy(100.0))
+    state.keep_address("S1", "h")
+    assert state.flush()
+    writes = state.writes
+    state.keep_address("S1", "h")
+    state.keep_energy("garage", "S1", _energy(100.0))
+    assert not state.dirty
+    assert state.writes == writes
+
+
+def test_energy_record_round_trips_the_accumulator() -> None:
+    energy = SessionEnergy(
+        total_wh=12.5,
+        last_session_wh=3.0,
+        last_time=100.0,
+        prev_uptime_s=50,
+        prev_session_s=40,
+        prev_connected=False,
+        prev_time=101.0,
+        reset_pending=True,
+    )
+    record = EnergyRecord.of("garage", "S1", energy)
+    assert EnergyRecord.model_validate_json(record.model_dump_json()).energy() == energy
 
 
 # --- save ---------------------------------------------------------------------------------------
 
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
-    """What is saved loads back equal, and the folder is created on the way."""
+    """What is kept loads back equal (text of any script too); the folder is created on the way."""
     state = StateFile(tmp_path / "deep" / "er" / "state.json")
-    data = {
-        "discovery": {"topics": {"homeassistant/sensor/x/config": "garage"}, "components": {}},
-        "text": "Grid °C μV ✓",
-        "numbers": [1, 2.5, None, True],
-    }
-    assert state.save(data) is True
-    assert state.load() == data
-    assert StateFile(state.path).load() == data
-    assert json.loads(state.path.read_text(encoding="utf-8")) == data
+    topics = {TOPIC: "Grid °C μV ✓"}
+    components = {"Grid °C μV ✓": {"vitals_grid_v": "sensor"}}
+    state.keep_announced(topics, components)
+    state.keep_energy("Garage ✓", "S1", _energy(3.5))
+    state.keep_address("S1", "wallconnector.local")
+    assert state.flush()
+    again = StateFile(state.path)
+    assert again.announced_topics() == topics
+    assert again.announced_components() == components
+    assert again.energy_records() == state.energy_records()
+    assert again.address_of("S1") == "wallconnector.local"
+    assert _on_disk(state)["discovery"] == {"topics": topics, "components": components}
+    written = SavedState.model_validate(_on_disk(state))  # the schema, as documented
+    assert written.version == STATE_VERSION
+    assert written.energy == state.energy_records()
 
 
 def test_save_replaces_the_whole_file(tmp_path: Path) -> None:
     """A second save replaces the first, leaving valid JSON and no temporary files."""
     state = StateFile(tmp_path / "state.json")
-    assert state.save({"a": 1, "long": "x" * 10_000})
-    assert state.save({"b": 2})
-    assert state.load() == {"b": 2}
+    state.keep_announced({f"{TOPIC}{n}": "x" * 100 for n in range(100)}, {})
+    assert state.flush()
+    state.keep_announced({TOPIC: "garage"}, {})
+    assert state.flush()
+    assert _on_disk(state)["discovery"]["topics"] == {TOPIC: "garage"}
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
@@ -109,9 +440,15 @@ def test_failed_save_returns_false_and_warns_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Every failing save returns False; only the first of a run of failures warns."""
-    caplog.set_level(logging.INFO, logger=LOGGER)
     state = _blocked(tmp_path)
-    assert [state.save({"n": n}) for n in range(4)] == [False] * 4
+    state.load()
+    caplog.clear()  # the start's own warning: nothing to read
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    results = []
+    for n in range(4):
+        _change(state, n)
+        results.append(state.flush())
+    assert results == [False] * 4
     (message,) = _messages(caplog, logging.WARNING)
     assert "cannot write state file" in message
     assert str(state.path) in message
@@ -122,11 +459,14 @@ def test_failed_rename_leaves_no_temporary_file(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """When the final rename fails the temporary file is removed again."""
-    caplog.set_level(logging.INFO, logger=LOGGER)
     target = tmp_path / "state.json"
+    state = StateFile(target)
+    state.load()
     target.mkdir()
     (target / "keep").write_text("x")
-    assert StateFile(target).save({"a": 1}) is False
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    _change(state, 1)
+    assert state.flush() is False
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
     assert len(_messages(caplog, logging.WARNING)) == 1
 
@@ -135,38 +475,45 @@ def test_recovery_logs_info_and_rearms_the_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """After a failure, a good save logs once at INFO; a new failure warns again."""
-    caplog.set_level(logging.INFO, logger=LOGGER)
     state = _blocked(tmp_path)
+    state.load()
+    caplog.clear()  # the start's own warning: nothing to read
+    caplog.set_level(logging.INFO, logger=LOGGER)
     blocker = state.path.parent
-    assert state.save({"n": 1}) is False
+    _change(state, 1)
+    assert state.flush() is False
     blocker.unlink()
-    assert state.save({"n": 2}) is True
-    assert state.save({"n": 3}) is True
+    _change(state, 2)
+    assert state.flush() is True
+    _change(state, 3)
+    assert state.flush() is True
     (info,) = _messages(caplog, logging.INFO)
     assert "writable again" in info
-    assert state.load() == {"n": 3}
+    assert _on_disk(state)["addresses"] == {"S1": "10.0.0.3"}
 
     state.path.unlink()
     blocker.rmdir()
     blocker.write_text("a file again")
-    assert state.save({"n": 4}) is False
-    assert state.save({"n": 5}) is False
+    _change(state, 4)
+    assert state.flush() is False
+    _change(state, 5)
+    assert state.flush() is False
     assert len(_messages(caplog, logging.WARNING)) == 2
 
 
 # --- deferred writes ----------------------------------------------------------------------------
 
 
-def test_update_waits_for_flush_and_many_updates_make_one_write(tmp_path: Path) -> None:
-    """Changes handed over with update() are in memory at once and on disk after one flush."""
+def test_changes_wait_for_flush_and_many_changes_make_one_write(tmp_path: Path) -> None:
+    """Changes are in memory at once and on disk after one flush."""
     state = StateFile(tmp_path / "state.json")
     for n in range(100):
-        state.update({"n": n})
-    assert state.load() == {"n": 99}
+        _change(state, n)
+    assert state.address_of("S1") == "10.0.0.99"
     assert state.dirty
     assert not state.path.exists()
     assert state.flush() is True
-    assert json.loads(state.path.read_text(encoding="utf-8")) == {"n": 99}
+    assert _on_disk(state)["addresses"] == {"S1": "10.0.0.99"}
     assert state.writes == 1
     assert not state.dirty
     assert state.flush() is True  # nothing pending: no second write
@@ -176,12 +523,12 @@ def test_update_waits_for_flush_and_many_updates_make_one_write(tmp_path: Path) 
 def test_failed_flush_keeps_the_change_for_the_next_try(tmp_path: Path) -> None:
     """A flush that fails leaves the change pending; once writable, the next flush writes it."""
     state = _blocked(tmp_path)
-    state.update({"kept": True})
+    state.keep_address("S1", "kept")
     assert state.flush() is False
     assert state.dirty
     state.path.parent.unlink()
     assert state.flush() is True
-    assert json.loads(state.path.read_text(encoding="utf-8")) == {"kept": True}
+    assert _on_disk(state)["addresses"] == {"S1": "kept"}
 
 
 # --- writes in a worker thread ------------------------------------------------------------------
@@ -207,35 +554,38 @@ async def test_flush_in_thread_leaves_the_event_loop_free_and_writes_a_snapshot(
 ) -> None:
     """While the disk write waits, the loop runs on; later changes wait for the next flush."""
     state = StateFile(tmp_path / "state.json")
-    data: dict[str, Any] = {"units": {"a": 1}}
-    state.update(data)
+    topics = {f"{TOPIC}a": "a"}
+    state.keep_announced(topics, {})
     entered, release = _hold_first_fsync(monkeypatch)
     flushing = asyncio.create_task(state.flush_in_thread())
     assert await asyncio.to_thread(entered.wait, 10)
     assert not flushing.done()  # the loop runs on while the thread waits in fsync
-    state.update({"units": {"a": 1, "b": 2}})
+    topics[f"{TOPIC}b"] = "b"  # the announcer changes its live mapping meanwhile
+    state.keep_announced(topics, {})
     release.set()
     assert await flushing is True
-    assert json.loads(state.path.read_text(encoding="utf-8")) == {"units": {"a": 1}}
+    assert _on_disk(state)["discovery"]["topics"] == {f"{TOPIC}a": "a"}
     assert state.dirty
     assert await state.flush_in_thread() is True
-    assert json.loads(state.path.read_text(encoding="utf-8")) == {"units": {"a": 1, "b": 2}}
+    assert _on_disk(state)["discovery"]["topics"] == {f"{TOPIC}a": "a", f"{TOPIC}b": "b"}
     assert state.writes == 2
 
 
 async def test_flush_in_thread_failing_warns_once_and_keeps_the_change(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger=LOGGER)
     state = _blocked(tmp_path)
-    state.update({"kept": True})
+    state.load()
+    caplog.clear()  # the start's own warning: nothing to read
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    state.keep_address("S1", "kept")
     assert await state.flush_in_thread() is False
     assert await state.flush_in_thread() is False
     assert state.dirty
     assert len(_messages(caplog, logging.WARNING)) == 1
     state.path.parent.unlink()
     assert await state.flush_in_thread() is True
-    assert json.loads(state.path.read_text(encoding="utf-8")) == {"kept": True}
+    assert _on_disk(state)["addresses"] == {"S1": "kept"}
 
 
 async def test_a_cancelled_flush_in_thread_leaves_the_change_pending(
@@ -243,7 +593,7 @@ async def test_a_cancelled_flush_in_thread_leaves_the_change_pending(
 ) -> None:
     """Shutdown cancels the periodic flush mid-write; the final flush must still write."""
     state = StateFile(tmp_path / "state.json")
-    state.update({"n": 1})
+    _change(state, 1)
     entered, release = _hold_first_fsync(monkeypatch)
     flushing = asyncio.create_task(state.flush_in_thread())
     assert await asyncio.to_thread(entered.wait, 10)
@@ -253,32 +603,37 @@ async def test_a_cancelled_flush_in_thread_leaves_the_change_pending(
     assert state.dirty
     release.set()
     assert state.flush() is True  # waits for the thread's write, then writes the same state again
-    assert json.loads(state.path.read_text(encoding="utf-8")) == {"n": 1}
+    assert _on_disk(state)["addresses"] == {"S1": "10.0.0.1"}
 
 
 def test_an_older_state_is_never_written_over_a_newer_one(tmp_path: Path) -> None:
     """A slow write of an earlier state that gets its turn after a later one is skipped."""
     state = StateFile(tmp_path / "state.json")
-    state.update({"n": 1})
-    taken = state._take()  # as a flush in a thread takes it, before its turn at the disk
-    assert taken is not None
-    older = (_snapshot(taken[0]), taken[1])
-    state.update({"n": 2})
+    _change(state, 1)
+    older = state._take()  # as a flush in a thread takes it, before its turn at the disk
+    assert older is not None
+    _change(state, 2)
     assert state.flush() is True
     assert state._write(*older) is None
-    assert json.loads(state.path.read_text(encoding="utf-8")) == {"n": 2}
+    assert _on_disk(state)["addresses"] == {"S1": "10.0.0.2"}
 
 
-def test_the_snapshot_is_a_copy_later_changes_do_not_reach() -> None:
-    topics = {"a/config": "garage"}
-    energy = {"S1": {"total_wh": 1.0, "history": [1, 2]}}
-    data: dict[str, Any] = {"discovery": {"topics": topics}, "energy": energy, "n": 3}
-    copy = _snapshot(data)
-    topics["b/config"] = "carport"
-    energy["S1"]["total_wh"] = 2.0
-    energy["S1"]["history"].append(3)  # type: ignore[attr-defined]
-    assert copy == {
-        "discovery": {"topics": {"a/config": "garage"}},
-        "energy": {"S1": {"total_wh": 1.0, "history": [1, 2]}},
-        "n": 3,
+def test_what_a_write_takes_is_a_copy_later_changes_do_not_reach(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.json")
+    topics = {"homeassistant/a/config": "garage"}
+    components = {"garage": {"k": "sensor"}}
+    state.keep_announced(topics, components)
+    state.keep_energy("garage", "S1", _energy(1.0))
+    taken = state._take()
+    assert taken is not None
+    topics["homeassistant/b/config"] = "carport"
+    components["garage"]["j"] = "sensor"
+    state.keep_energy("garage", "S1", _energy(2.0))
+    state.keep_address("S1", "h")
+    rendered = taken[0].render()
+    assert rendered["discovery"] == {
+        "topics": {"homeassistant/a/config": "garage"},
+        "components": {"garage": {"k": "sensor"}},
     }
+    assert [r["total_wh"] for r in rendered["energy"]] == [1.0]  # type: ignore[attr-defined]
+    assert rendered["addresses"] == {}
