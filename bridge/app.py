@@ -18,6 +18,7 @@ from bridge.derived import Role, SessionEnergy, continued_energy
 from bridge.discovery import Site, UnitInfo, group_configs
 from bridge.groups import MemberState, group_values
 from bridge.homie import HomiePublisher, unit_values
+from bridge.logtext import escaped
 from bridge.models import ENDPOINTS, Version, WifiStatus
 from bridge.mqtt import MqttLink, WillKeeper
 from bridge.outbox import Outbox
@@ -315,15 +316,18 @@ class Bridge:
                     "as %s: remove one of the two entries",
                     owner,
                     poller.label,
-                    serial,
+                    escaped(serial),
                     owner,
                 )
                 return False
+            if poller.status.serial not in (None, serial):
+                # A unit that changes serial gives up the old one: the map stays one per unit.
+                self._serial_owners.pop(poller.status.serial, None)
             previous = self.state_file.address_of(serial)
             if previous is not None and previous != connector.host:
                 logger.info(
                     "Wall Connector %s now answers at %s (was %s); same device and topics",
-                    serial,
+                    escaped(serial),
                     connector.host,
                     previous,
                 )
@@ -351,7 +355,7 @@ class Bridge:
                 "unit %s: energy total restored: %.0f Wh saved for serial %s, now %.0f Wh",
                 poller.label,
                 record.total_wh,
-                serial,
+                escaped(serial),
                 continued.total_wh,
             )
 
