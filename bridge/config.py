@@ -98,7 +98,7 @@ class MqttConfig(_Strict):
         if broker.tls is True and data.get("tls") is None:
             data["tls"] = {}
         elif broker.tls is False and data.get("tls") is not None:
-            raise ValueError("host says mqtt:// (no TLS) but [mqtt.tls] is set; use mqtts://")
+            raise ValueError(f"host {written!r} means no TLS but [mqtt.tls] is set; use mqtts://")
         return data
 
     @field_validator("base_topic")

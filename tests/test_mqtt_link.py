@@ -14,7 +14,7 @@ import paho.mqtt.client as paho
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from bridge.config import MqttConfig
 from bridge.mqtt import (
@@ -350,7 +350,7 @@ def test_topics_paho_must_judge_are_not_framed_by_us(topic: str) -> None:
 
 @pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5])
 def test_the_raw_queue_exists_for_mqtt_3_and_5_connections(
-    protocol: paho.MQTTProtocolVersion,
+    protocol: MQTTProtocolVersion,
 ) -> None:
     """The private _packet_queue of paho is still there (our frames differ per version)."""
     inner = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
