@@ -358,8 +358,9 @@ class MessageGuard:
     (3.1.1) just closes the connection on a packet too large for it: the largest message handed
     since the last confirmed barrier, shortly before the drop, becomes the suspect; the next
     connection sends it alone after a confirmed barrier, so a second drop right after it convicts
-    it (a confirmed barrier acquits it). A convicted topic is refused from then on for messages at
-    least that large.
+    it (a confirmed barrier acquits it). The broker's limit then lies between the largest message
+    it confirmed and the convicted one: nothing that large is sent again, and on a convicted topic
+    (whose size varies a little from poll to poll) nothing larger than what it confirmed.
     """
 
     def __init__(self, max_message_bytes: int, *, blame_window_s: float = BLAME_WINDOW_S) -> None:
@@ -367,16 +368,21 @@ class MessageGuard:
         self.blame_window_s = blame_window_s
         self.broker_limit: int | None = None
         self.suspect: tuple[str, int] | None = None
-        self._convicted: dict[str, int] = {}  # topic: the smallest size the broker dropped us for
+        self._convicted: set[str] = set()
+        self._smallest_convicted: int | None = None
+        self._largest_confirmed = 0
         self._warned: set[str] = set()
         self._largest: Handed | None = None
 
     @property
     def limit(self) -> int:
         """The largest packet the bridge sends now."""
-        if self.broker_limit is None:
-            return self.max_message_bytes
-        return min(self.max_message_bytes, self.broker_limit)
+        limit = self.max_message_bytes
+        if self.broker_limit is not None:
+            limit = min(limit, self.broker_limit)
+        if self._smallest_convicted is not None:
+            limit = min(limit, self._smallest_convicted - 1)
+        return limit
 
     def watched(self, topic: str) -> bool:
         """Whether messages on ``topic`` need an exact size check (suspect or convicted)."""
@@ -384,17 +390,16 @@ class MessageGuard:
 
     def refusal(self, topic: str, size: int) -> str | None:
         """Why a ``size``-byte packet on ``topic`` must not be sent, or ``None`` to send it."""
-        if size > self.limit:
-            whose = (
-                "the broker's maximum packet size"
-                if self.broker_limit is not None and self.broker_limit < self.max_message_bytes
-                else "[mqtt] max_message_bytes"
-            )
-            return f"larger than {whose} ({self.limit} bytes)"
-        convicted = self._convicted.get(topic)
-        if convicted is not None and size >= convicted:
-            return "the broker closed the connection twice right after it"
-        return None
+        convicted = "the broker closed the connection twice right after it"
+        if topic in self._convicted and size > self._largest_confirmed:
+            return convicted
+        if size <= self.limit:
+            return None
+        if self._smallest_convicted is not None and size >= self._smallest_convicted:
+            return f"{convicted} (at {self._smallest_convicted} bytes)"
+        if self.broker_limit is not None and self.broker_limit < self.max_message_bytes:
+            return f"larger than the broker's maximum packet size ({self.limit} bytes)"
+        return f"larger than [mqtt] max_message_bytes ({self.limit} bytes)"
 
     def first_refusal(self, topic: str) -> bool:
         """True the first time ``topic`` is refused: warn once per topic, not once per poll."""
@@ -410,8 +415,10 @@ class MessageGuard:
 
     def confirmed(self) -> None:
         """A barrier was confirmed: everything handed before it reached the broker."""
-        if self._largest is not None and self.suspect == self._largest[:2]:
-            self.suspect = None  # it reached the broker: not the culprit
+        if self._largest is not None:
+            self._largest_confirmed = max(self._largest_confirmed, self._largest.size)
+            if self.suspect == self._largest[:2]:
+                self.suspect = None  # it reached the broker: not the culprit
         self._largest = None
 
     def dropped(self, now: float) -> tuple[str, int] | None:
@@ -425,9 +432,8 @@ class MessageGuard:
             self.suspect = blamed
             return None
         self.suspect = None
-        self._convicted[largest.topic] = min(
-            largest.size, self._convicted.get(largest.topic, 1 << 62)
-        )
+        self._convicted.add(largest.topic)
+        self._smallest_convicted = min(largest.size, self._smallest_convicted or largest.size)
         return blamed
 
     def isolate_at(self, sizes: Sequence[tuple[str, int]]) -> int | None:
@@ -723,12 +729,13 @@ class MqttLink:
                     or unconfirmed >= CONFIRM_EVERY_MESSAGES
                     or self._clock() - confirmed_at >= CONFIRM_EVERY_S
                 )
-                await publish_chunk(
-                    client, chunk, confirm=confirm, qos1_prefixes=self._qos1_prefixes
-                )
+                # Noted before the barrier is awaited: a drop raises out of it.
                 largest = max(chunk, key=lambda message: len(message.payload))
                 size = publish_packet_bytes(largest.topic, largest.payload, mqtt5=mqtt5)
                 self.guard.handed(largest.topic, size, self._clock())
+                await publish_chunk(
+                    client, chunk, confirm=confirm, qos1_prefixes=self._qos1_prefixes
+                )
                 for message in chunk:
                     if message.retain:
                         self.outbox.mark_sent(message)

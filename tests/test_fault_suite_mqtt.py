@@ -65,7 +65,9 @@ def refusal_warnings(bridge: Bridge) -> list[str]:
     ]
 
 
-async def _refused_message_run(broker: Broker, tmp_path: Path, mqtt_lines: str) -> Bridge:
+async def _refused_message_run(
+    broker: Broker, tmp_path: Path, mqtt_lines: str, *, never_dropped: bool
+) -> Bridge:
     """Run the bridge against a big-field unit and a normal one for ~20 s; return it stopped."""
     units = {"big": BigFieldUnit("SIMFSMQ00001", seed=81), "calm": SimulatedUnit("SIMFSMQ00002")}
     async with contextlib.AsyncExitStack() as stack:
@@ -89,8 +91,11 @@ async def _refused_message_run(broker: Broker, tmp_path: Path, mqtt_lines: str) 
             assert len(fresh) >= 5, (topic, fresh, bridge.log_text()[-3000:])
         # The link stayed up once the culprits were found: no reconnect for 15 s, no Will.
         assert len(connected_lines(bridge)) == connections_then, bridge.log_text()[-3000:]
-        assert b"offline" not in capture.payloads("twc3/bridge/state")
-        assert b"offline" not in capture.payloads("twc3/big/availability")
+        calm_window = [(name, p) for at, name, p in capture.messages if at >= settled]
+        for topic in ("twc3/bridge/state", "twc3/big/availability", "twc3/calm/availability"):
+            assert (topic, b"offline") not in calm_window, topic
+            if never_dropped:  # not even the broker's Will of a dropped connection
+                assert b"offline" not in capture.payloads(topic), topic
         # The big values never reached the broker; everything else of the unit did.
         assert all(len(p) < 16_384 for _, _, p in capture.messages)
         assert capture.payloads("twc3/big/vitals/uptime_s")
@@ -115,7 +120,7 @@ async def test_mqtt5_broker_limit_refuses_the_big_value_before_sending(
     small_packet_broker: Broker, tmp_path: Path
 ) -> None:
     """MQTT 5: the CONNACK's maximum packet size is learned; nothing too big is ever sent."""
-    bridge = await _refused_message_run(small_packet_broker, tmp_path, "")
+    bridge = await _refused_message_run(small_packet_broker, tmp_path, "", never_dropped=True)
     lines = connected_lines(bridge)
     assert len(lines) == 1, lines  # never dropped
     assert "(MQTT 5, broker's maximum packet size 16384 bytes)" in lines[0], lines
@@ -128,7 +133,9 @@ async def test_mqtt311_broker_drops_twice_then_the_message_is_dropped(
     small_packet_broker: Broker, tmp_path: Path
 ) -> None:
     """MQTT 3.1.1 (no stated limit): each big topic costs two drops, then the link is calm."""
-    bridge = await _refused_message_run(small_packet_broker, tmp_path, 'protocol = "3.1.1"\n')
+    bridge = await _refused_message_run(
+        small_packet_broker, tmp_path, 'protocol = "3.1.1"\n', never_dropped=False
+    )
     lines = connected_lines(bridge)
     # Two drops per big topic (suspect, then convicted when sent alone), then it stays up.
     assert len(lines) == 5, lines

@@ -64,16 +64,18 @@ def test_a_second_drop_right_after_the_suspect_convicts_it() -> None:
     guard = MessageGuard(1 << 20)
     guard.handed("t/big", 60_000, now=10.0)
     assert guard.dropped(now=10.1) is None
-    guard.handed("t/other", 10, now=12.0)
+    guard.handed("t/other", 2_000, now=12.0)
     guard.confirmed()  # what came before the suspect reached the broker
     guard.handed("t/big", 60_000, now=12.1)  # then the suspect alone
     assert guard.dropped(now=12.2) == ("t/big", 60_000)
     assert guard.suspect is None
-    # From now on that topic is refused at that size and above, smaller values still go.
+    # The broker's limit lies between 2000 (confirmed) and 60000 (convicted).
+    assert guard.limit == 59_999
     assert guard.refusal("t/big", 60_000) is not None
-    assert guard.refusal("t/big", 70_000) is not None
-    assert guard.refusal("t/big", 500) is None
-    assert guard.refusal("t/other", 60_000) is None
+    assert guard.refusal("t/big", 59_990) is not None  # the same field, a few bytes shorter
+    assert guard.refusal("t/big", 1_500) is None  # no larger than what the broker took
+    assert guard.refusal("t/other", 70_000) is not None
+    assert guard.refusal("t/other", 30_000) is None  # unknown: it may become a suspect itself
 
 
 def test_a_confirmed_suspect_is_acquitted() -> None:
