@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 import aiomqtt
+import pytest
 
 from bridge.config import MqttConfig
 from bridge.mqtt import (
@@ -227,3 +228,41 @@ async def test_a_broker_that_refuses_mqtt5_gets_3_1_1() -> None:
                 async with asyncio.timeout(10):
                     await task
     assert link.connections == 1
+
+
+async def _taking_over_broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Accepts an MQTT 5 CONNECT, then sends DISCONNECT "Session taken over" (0x8E)."""
+    with contextlib.suppress(OSError):
+        await reader.read(4096)
+        writer.write(b"\x20\x03\x00\x00\x00")  # CONNACK: success, no properties
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(b"\xe0\x02\x8e\x00")  # DISCONNECT: Session taken over, no properties
+        await writer.drain()
+    writer.close()
+
+
+async def test_session_taken_over_is_reported_with_the_client_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = free_port()
+    server = await asyncio.start_server(_taking_over_broker, "127.0.0.1", port)
+    config = MqttConfig(host="127.0.0.1", port=port, client_id="twin-id", reconnect_max_s=5)
+    link = MqttLink(config, Outbox(), state_topic="test/state")
+    stop = asyncio.Event()
+    async with server:
+        task = asyncio.create_task(link.run(stop))
+        try:
+            async with asyncio.timeout(10):
+                while "same client_id" not in caplog.text:  # noqa: ASYNC110 - polling the log
+                    await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                async with asyncio.timeout(10):
+                    await task
+    reports = [r.getMessage() for r in caplog.records if "same client_id" in r.getMessage()]
+    assert len(reports) == 1, reports
+    assert "'twin-id'" in reports[0]
+    assert "Session taken over" in reports[0]
+    assert link.connections == 1  # reported at the first drop, not after three
