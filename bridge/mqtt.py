@@ -476,6 +476,13 @@ class ConnectionWatch:
         """A connection was accepted."""
         self._since = now
 
+    def attempt_failed(self) -> None:
+        """An attempt found no broker: an outage or restart, not a fight over the client id.
+
+        Another client with our id never keeps us out: each attempt succeeds and is then kicked.
+        """
+        self.short_in_a_row = 0
+
     def dropped(
         self, now: float, *, taken_over: bool = False, explained: bool = False
     ) -> DropVerdict:
@@ -642,7 +649,13 @@ class MqttLink:
             self.outbox.requeue_unconfirmed_events()
             if was_connected:
                 self._judge_drop(says)
-            elif refused_the_protocol(failure, says) and self.protocol.refused():
+            else:
+                self.watch.attempt_failed()
+            if (
+                not was_connected
+                and refused_the_protocol(failure, says)
+                and self.protocol.refused()
+            ):
                 logger.info(
                     "MQTT: the broker did not accept the protocol version (%s); trying MQTT %s",
                     reason,
@@ -963,8 +976,10 @@ class WillKeeper:
                     report_short_connections(
                         self.identifier, says, self.watch, self.config.reconnect_max_s
                     )
-            elif refused_the_protocol(error, says) and self.protocol.refused():
-                continue
+            else:
+                self.watch.attempt_failed()
+                if refused_the_protocol(error, says) and self.protocol.refused():
+                    continue
             delay = self._backoff.next_delay()
             logger.debug("MQTT: Will connection down (%s); next try in %.1f s", reason, delay)
             await MqttLink._wait(stop, delay)  # noqa: SLF001 - the same wait, one module

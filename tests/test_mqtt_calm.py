@@ -137,6 +137,15 @@ def test_short_connections_in_a_row_are_reported_once() -> None:
     assert watch.dropped(now=321.0).report
 
 
+def test_a_broker_that_was_away_in_between_is_no_duplicate_client() -> None:
+    """Restarts of the broker also end connections early, but then an attempt finds no broker."""
+    watch = ConnectionWatch(short_to_report=3)
+    for start in range(0, 100, 10):
+        watch.connected(now=float(start))
+        assert not watch.dropped(now=start + 2.0).report
+        watch.attempt_failed()
+
+
 def test_session_taken_over_is_reported_at_once() -> None:
     watch = ConnectionWatch()
     watch.connected(now=0.0)
