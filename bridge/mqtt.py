@@ -661,6 +661,8 @@ class MqttLink:
                     reason,
                     self.protocol.name,
                 )
+                # Still after the backoff delay: a server refusing both must not spin.
+                await self._wait(stop, self._backoff.next_delay())
                 continue
             delay = self._backoff.next_delay()
             if not failing_since_logged:
@@ -978,8 +980,8 @@ class WillKeeper:
                     )
             else:
                 self.watch.attempt_failed()
-                if refused_the_protocol(error, says) and self.protocol.refused():
-                    continue
+                if refused_the_protocol(error, says):
+                    self.protocol.refused()  # the next try, after the backoff delay
             delay = self._backoff.next_delay()
             logger.debug("MQTT: Will connection down (%s); next try in %.1f s", reason, delay)
             await MqttLink._wait(stop, delay)  # noqa: SLF001 - the same wait, one module
