@@ -1,7 +1,11 @@
 """The MQTT side: connect, reconnect with backoff, drain the outbox, publish ``offline`` on exit.
 
 This is the only module that imports aiomqtt (and paho, underneath it), so a move to aiomqtt 3
-touches one file.
+touches one file. What it uses beyond their public API, all pinned and guarded by tests: aiomqtt's
+paho client (``_client``, in :func:`paho_client`); paho's ``_packet_queue`` (raw QoS 0 frames, MQTT
+3.1.1 and 5); paho's ``_sock_close`` (closing a failed attempt for good, :func:`connection`); and
+the paho ``on_connect`` / ``on_disconnect`` callbacks aiomqtt installs, wrapped to read CONNACK's
+Maximum Packet Size and a DISCONNECT's reason (:func:`listen_to_broker`).
 """
 
 from __future__ import annotations
