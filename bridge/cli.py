@@ -77,7 +77,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_USAGE
     mqtt = config.mqtt
-    print(f"configuration OK: broker {mqtt.host}:{mqtt.port}, base topic {mqtt.base_topic!r}")
+    tls = " (TLS)" if mqtt.tls is not None else ""
+    print(f"configuration OK: broker {mqtt.host}:{mqtt.port}{tls}, base topic {mqtt.base_topic!r}")
     for connector in config.connectors:
         topic_id = connector.configured_id() or "(serial number, once the unit answers)"
         print(f"  connector {connector.host}: topics {mqtt.base_topic}/{topic_id}/…")

@@ -7,7 +7,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal, NamedTuple, Self
 
 from pydantic import (
     BaseModel,
@@ -27,6 +27,9 @@ DEFAULT_HTTP_PORT: Final = 80
 
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 Port = Annotated[int, Field(ge=1, le=65_535)]
+MQTTS_PORT: Final = 8883
+MAX_MQTT_PACKET_BYTES: Final = 268_435_460  # MQTT's largest remaining length plus its header
+_BROKER_SCHEMES: Final = {"mqtt": False, "tcp": False, "mqtts": True, "ssl": True}
 
 
 class _Strict(BaseModel):
@@ -65,6 +68,38 @@ class MqttConfig(_Strict):
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     tls: TlsConfig | None = None
     reconnect_max_s: Seconds = 60.0
+    # The largest MQTT packet the bridge sends (topic, payload and a few header bytes); a broker
+    # that states a smaller maximum (MQTT 5) lowers it. Larger messages are refused with a warning.
+    max_message_bytes: Annotated[int, Field(ge=1024, le=MAX_MQTT_PACKET_BYTES)] = 256 * 1024
+    # "auto": MQTT 5 (which tells the broker's maximum packet size), 3.1.1 if the broker refuses it.
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _host_may_be_a_url(cls, data: Any) -> Any:  # noqa: ANN401 - raw TOML, checked below
+        if not isinstance(data, dict) or not isinstance(data.get("host"), str):
+            return data
+        try:
+            broker = parse_broker_host(data["host"])
+        except ValueError as error:
+            raise ValueError(f"host {data['host'].strip()!r}: {error}") from None
+        written = data["host"].strip()
+        data = {**data, "host": broker.host}
+        if broker.port is not None:
+            given = data.get("port")
+            if given is not None and given != broker.port:
+                raise ValueError(
+                    f"host {written!r} says port {broker.port} but port is {given}; "
+                    "give the port once"
+                )
+            data["port"] = broker.port
+        elif broker.tls and "port" not in data:
+            data["port"] = MQTTS_PORT
+        if broker.tls is True and data.get("tls") is None:
+            data["tls"] = {}
+        elif broker.tls is False and data.get("tls") is not None:
+            raise ValueError(f"host {written!r} means no TLS but [mqtt.tls] is set; use mqtts://")
+        return data
 
     @field_validator("base_topic")
     @classmethod
@@ -419,6 +454,44 @@ def parse_host(value: str) -> tuple[str, int]:
     if not 1 <= port <= 65_535:  # noqa: PLR2004 - the TCP port range
         raise ValueError(f"port {port} is out of range 1-65535")
     return host, port
+
+
+class BrokerHost(NamedTuple):
+    """``[mqtt] host`` taken apart: the host, a port if it gave one, TLS if its scheme says."""
+
+    host: str
+    port: int | None
+    tls: bool | None  # None: no scheme, the [mqtt.tls] table decides
+
+
+def parse_broker_host(value: str) -> BrokerHost:
+    """Read ``host``, ``host:port``, ``[v6]:port``, ``mqtt://host[:port]`` or ``mqtts://…``.
+
+    Raises:
+        ValueError: a URL with a path, query or credentials, an unknown scheme, or no usable host.
+    """
+    text = value.strip()
+    tls: bool | None = None
+    scheme, separator, rest = text.partition("://")
+    if separator:
+        if scheme.lower() not in _BROKER_SCHEMES:
+            raise ValueError(f"scheme {scheme + '://'!r} is not mqtt:// or mqtts://")
+        tls = _BROKER_SCHEMES[scheme.lower()]
+        text = rest.removesuffix("/")
+        if any(mark in text for mark in "/?#@"):
+            raise ValueError(
+                "give mqtt://host[:port] or mqtts://host[:port], without a path, query or user"
+            )
+    elif "/" in text:
+        raise ValueError("give a host, host:port or mqtt://host[:port]")
+    host, port = parse_host(text)
+    return BrokerHost(host, port if _has_port(text) else None, tls)
+
+
+def _has_port(text: str) -> bool:
+    if text.startswith("["):
+        return "]:" in text
+    return text.count(":") == 1
 
 
 def _split_host_port(text: str) -> tuple[str, str]:

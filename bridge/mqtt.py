@@ -1,7 +1,11 @@
 """The MQTT side: connect, reconnect with backoff, drain the outbox, publish ``offline`` on exit.
 
 This is the only module that imports aiomqtt (and paho, underneath it), so a move to aiomqtt 3
-touches one file.
+touches one file. What it uses beyond their public API, all pinned and guarded by tests: aiomqtt's
+paho client (``_client``, in :func:`paho_client`); paho's ``_packet_queue`` (raw QoS 0 frames, MQTT
+3.1.1 and 5); paho's ``_sock_close`` (closing a failed attempt for good, :func:`connection`); and
+the paho ``on_connect`` / ``on_disconnect`` callbacks aiomqtt installs, wrapped to read CONNACK's
+Maximum Packet Size and a DISCONNECT's reason (:func:`listen_to_broker`).
 """
 
 from __future__ import annotations
@@ -11,12 +15,15 @@ import contextlib
 import logging
 import socket
 import ssl
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Final, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
 
 import aiomqtt
 import paho.mqtt.client as paho
+from aiomqtt.exceptions import MqttConnectError
 
 from bridge.backoff import Backoff
 from bridge.config import MqttConfig
@@ -35,6 +42,17 @@ MAX_BATCH: Final = 500
 CONFIRM_EVERY_S: Final = 1.0
 CONFIRM_EVERY_MESSAGES: Final = 20 * MAX_BATCH
 SHUTDOWN_PUBLISH_TIMEOUT_S: Final = 3.0
+# A connection that lasted this long was a success: only then does the reconnect backoff restart.
+STABLE_AFTER_S: Final = 30.0
+# This many connections in a row closed before STABLE_AFTER_S: reported as a likely duplicate id.
+SHORT_CONNECTIONS_TO_REPORT: Final = 3
+# A drop this soon after a message was handed over (and before a barrier confirmed it) may be
+# the broker refusing that message.
+BLAME_WINDOW_S: Final = 5.0
+# MQTT 5 DISCONNECT reason: another connection took this client id's session.
+SESSION_TAKEN_OVER: Final = 0x8E
+# CONNACK reason codes that mean "not this protocol version" (3.1.1's 1 is read as 0x84 by paho).
+_PROTOCOL_REFUSALS: Final = frozenset({0x01, 0x81, 0x82, 0x84})
 ONLINE: Final = "online"
 OFFLINE: Final = "offline"
 
@@ -62,8 +80,12 @@ def make_client(
     identifier: str,
     will: tuple[str, str] | None = None,
     timeout_s: float = PUBLISH_TIMEOUT_S,
+    *,
+    mqtt5: bool | None = None,
 ) -> aiomqtt.Client:
     """An aiomqtt client with the configured broker, credentials and TLS (and a retained Will).
+
+    ``mqtt5`` None: MQTT 5 only when ``[mqtt] protocol = "5"`` (short-lived helper connections).
 
     Raises:
         ssl.SSLError, OSError, ValueError: the TLS files cannot be used.
@@ -81,7 +103,101 @@ def make_client(
         tls_context=tls_context,
         tls_insecure=bool(config.tls and config.tls.insecure) if tls_context else None,
         timeout=timeout_s,
+        protocol=aiomqtt.ProtocolVersion.V5
+        if (config.protocol == "5" if mqtt5 is None else mqtt5)
+        else aiomqtt.ProtocolVersion.V311,
     )
+
+
+@dataclass
+class BrokerSays:
+    """What the broker told about one connection (MQTT 5 only; 3.1.1 has no such fields)."""
+
+    maximum_packet_size: int | None = None
+    connack_seen: bool = False
+    closed_before_connack: bool = False
+    disconnect_reason: str | None = None
+    taken_over: bool = False
+
+
+def listen_to_broker(client: aiomqtt.Client) -> BrokerSays:
+    """Record CONNACK's Maximum Packet Size and a broker DISCONNECT's reason for ``client``.
+
+    aiomqtt 2 drops both (its paho callbacks ignore ``properties`` and the DISCONNECT reason), so
+    this wraps the paho ``on_connect`` / ``on_disconnect`` callbacks aiomqtt installed (public paho
+    properties; the paho client comes from :func:`paho_client`) and then calls aiomqtt's own.
+    """
+    inner = paho_client(client)
+    says = BrokerSays()
+    aiomqtt_on_connect = inner.on_connect
+    aiomqtt_on_disconnect = inner.on_disconnect
+
+    def on_connect(*args: Any) -> None:  # noqa: ANN401 - paho's v2 callback signature
+        says.connack_seen = True
+        properties = args[4] if len(args) > 4 else None  # noqa: PLR2004 - paho's v2 signature
+        size = getattr(properties, "MaximumPacketSize", None)
+        if isinstance(size, int) and size > 0:
+            says.maximum_packet_size = size
+        if aiomqtt_on_connect is not None:
+            aiomqtt_on_connect(*args)
+
+    def on_disconnect(*args: Any) -> None:  # noqa: ANN401 - paho's v2 callback signature
+        flags, reason = args[2], args[3]
+        if not says.connack_seen:
+            says.closed_before_connack = True
+        if getattr(flags, "is_disconnect_packet_from_server", False) and reason is not None:
+            says.disconnect_reason = str(reason)
+            says.taken_over = getattr(reason, "value", None) == SESSION_TAKEN_OVER
+        if aiomqtt_on_disconnect is not None:
+            aiomqtt_on_disconnect(*args)
+
+    inner.on_connect = on_connect
+    inner.on_disconnect = on_disconnect
+    return says
+
+
+def _abandon(client: aiomqtt.Client) -> None:
+    """Close a connection attempt that failed, so no late CONNACK can revive it.
+
+    aiomqtt leaves the socket of an attempt that timed out open: a stalled broker that wakes up
+    answers it, takes the session (same client id) from the live connection, and the attempt's
+    "Unexpected disconnection" lands in a future nobody awaits ("Future exception was never
+    retrieved" at exit). The socket is reset (not closed with FIN, after which the broker would
+    still read the queued CONNECT) through paho's ``_sock_close``, which also tells aiomqtt to
+    stop watching it.
+    """
+    inner = paho_client(client)
+    inner.on_connect = None
+    inner.on_disconnect = None
+    sock = inner.socket()
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    inner._sock_close()  # noqa: SLF001 - paho has no public "drop this socket now"
+
+
+@contextlib.asynccontextmanager
+async def connection(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Client]:
+    """``async with client``, but an attempt that fails (or is cancelled) is closed for good."""
+    try:
+        await client.__aenter__()
+    except BaseException:
+        _abandon(client)
+        raise
+    try:
+        yield client
+    except BaseException as error:
+        await client.__aexit__(type(error), error, error.__traceback__)
+        raise
+    await client.__aexit__(None, None, None)
+
+
+def refused_the_protocol(error: BaseException, says: BrokerSays) -> bool:
+    """Whether a failed attempt looks like a broker that does not speak the version we asked."""
+    if isinstance(error, MqttConnectError):
+        code = getattr(error.rc, "value", error.rc)
+        return code in _PROTOCOL_REFUSALS
+    return says.closed_before_connack
 
 
 def paho_client(client: aiomqtt.Client) -> paho.Client:
@@ -104,15 +220,15 @@ _MAX_REMAINING_LENGTH: Final = 268_435_455  # MQTT's four-byte remaining-length 
 _MAX_TOPIC_BYTES: Final = 65_535
 
 
-def frame_publish(topic: str, payload: str, *, retain: bool) -> bytes | None:
-    """One MQTT 3.1.1 QoS 0 PUBLISH packet, byte for byte what paho would send.
+def frame_publish(topic: str, payload: str, *, retain: bool, mqtt5: bool = False) -> bytes | None:
+    """One QoS 0 PUBLISH packet (MQTT 3.1.1, or 5 with no properties), byte for byte paho's.
 
     Returns ``None`` for anything paho should check and frame itself (an empty or wildcard
     topic, sizes beyond MQTT's limits); the bridge's own topics never are.
     """
     topic_bytes = topic.encode("utf-8")
     payload_bytes = payload.encode("utf-8")
-    remaining = 2 + len(topic_bytes) + len(payload_bytes)
+    remaining = 2 + len(topic_bytes) + len(payload_bytes) + (1 if mqtt5 else 0)
     if (
         not topic_bytes
         or len(topic_bytes) > _MAX_TOPIC_BYTES
@@ -129,7 +245,16 @@ def frame_publish(topic: str, payload: str, *, retain: bool) -> bytes | None:
         if not remaining:
             break
     header += len(topic_bytes).to_bytes(2, "big")
-    return bytes(header) + topic_bytes + payload_bytes
+    # MQTT 5: a properties length of 0 follows the topic (QoS 0 has no packet identifier).
+    return bytes(header) + topic_bytes + (b"\x00" if mqtt5 else b"") + payload_bytes
+
+
+def publish_packet_bytes(topic: str, payload: str, *, mqtt5: bool) -> int:
+    """The size of a PUBLISH of ``payload`` on ``topic`` at QoS 1, the larger of QoS 0 and 1."""
+    remaining = 2 + len(topic.encode("utf-8")) + 2 + len(payload.encode("utf-8"))
+    remaining += 1 if mqtt5 else 0
+    length_bytes = 1 + (remaining >= 128) + (remaining >= 16_384) + (remaining >= 2_097_152)  # noqa: PLR2004 - MQTT's variable-length integer steps
+    return 1 + length_bytes + remaining
 
 
 def raw_publish_queue(inner: paho.Client) -> Callable[[bytes], None] | None:
@@ -138,12 +263,11 @@ def raw_publish_queue(inner: paho.Client) -> Callable[[bytes], None] | None:
     paho's ``publish`` costs ~30-40 µs per message (a lock and condition per message info, a
     socket send per packet); framing a chunk here and queueing it as one block costs ~2 µs per
     message and one send. It uses paho's private ``_packet_queue`` (paho-mqtt pinned ``<3``;
-    tests/test_mqtt_link.py compares our frames with paho's own and fails if this hook goes), and
-    only on MQTT 3.1.x connections, whose PUBLISH has no properties. ``None`` means: use publish.
+    tests/test_mqtt_link.py compares our frames with paho's own, for MQTT 3.1.1 and 5, and fails
+    if this hook goes). ``None`` means: use publish.
     """
     queue = getattr(inner, "_packet_queue", None)
-    protocol = getattr(inner, "_protocol", None)
-    if queue is None or protocol not in (paho.MQTTv31, paho.MQTTv311):
+    if queue is None or inner.protocol not in (paho.MQTTv31, paho.MQTTv311, paho.MQTTv5):
         return None
 
     def queue_raw(block: bytes) -> None:
@@ -172,11 +296,12 @@ async def publish_chunk(
     rest, last = (chunk[:-1], chunk[-1]) if confirm else (chunk, None)
     inner = paho_client(client)
     queue_raw = raw_publish_queue(inner)
+    mqtt5 = inner.protocol == paho.MQTTv5
     framed: list[bytes] = []
     for message in rest:
         qos = 0 if message.retain and not message.topic.startswith(qos1_prefixes) else 1
         if qos == 0 and queue_raw is not None:
-            packet = frame_publish(message.topic, message.payload, retain=True)
+            packet = frame_publish(message.topic, message.payload, retain=True, mqtt5=mqtt5)
             if packet is not None:
                 framed.append(packet)
                 continue
@@ -219,6 +344,209 @@ def describe_mqtt_error(error: BaseException) -> str:
     """A one-line reason for a broker problem, without secrets."""
     text = str(error) or type(error).__name__
     return " ".join(text.split())[:200]
+
+
+class Handed(NamedTuple):
+    """The largest message handed to the broker since the last confirmed barrier."""
+
+    topic: str
+    size: int
+    at: float
+
+
+class MessageGuard:
+    """Which messages the broker will not take (pure: sizes and times are passed in).
+
+    A message over the limit (``[mqtt] max_message_bytes``, or the broker's smaller Maximum
+    Packet Size from an MQTT 5 CONNACK) is refused before sending. A broker that states no limit
+    (3.1.1) just closes the connection on a packet too large for it: the largest message handed
+    since the last confirmed barrier, shortly before the drop, becomes the suspect; the next
+    connection sends it alone after a confirmed barrier, so a second drop right after it convicts
+    it (a confirmed barrier acquits it). The broker's limit then lies between the largest message
+    it confirmed and the convicted one: nothing that large is sent again, and on a convicted topic
+    (whose size varies a little from poll to poll) nothing larger than what it confirmed.
+    """
+
+    def __init__(self, max_message_bytes: int, *, blame_window_s: float = BLAME_WINDOW_S) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.blame_window_s = blame_window_s
+        self.broker_limit: int | None = None
+        self.suspect: tuple[str, int] | None = None
+        self._convicted: set[str] = set()
+        self._smallest_convicted: int | None = None
+        self._largest_confirmed = 0
+        self._warned: set[str] = set()
+        self._largest: Handed | None = None
+
+    @property
+    def limit(self) -> int:
+        """The largest packet the bridge sends now."""
+        limit = self.max_message_bytes
+        if self.broker_limit is not None:
+            limit = min(limit, self.broker_limit)
+        if self._smallest_convicted is not None:
+            limit = min(limit, self._smallest_convicted - 1)
+        return limit
+
+    def watched(self, topic: str) -> bool:
+        """Whether messages on ``topic`` need an exact size check (suspect or convicted)."""
+        return topic in self._convicted or (self.suspect is not None and self.suspect[0] == topic)
+
+    def refusal(self, topic: str, size: int) -> str | None:
+        """Why a ``size``-byte packet on ``topic`` must not be sent, or ``None`` to send it."""
+        convicted = "the broker closed the connection twice right after it"
+        if topic in self._convicted and size > self._largest_confirmed:
+            return convicted
+        if size <= self.limit:
+            return None
+        if self._smallest_convicted is not None and size >= self._smallest_convicted:
+            return f"{convicted} (at {self._smallest_convicted} bytes)"
+        if self.broker_limit is not None and self.broker_limit < self.max_message_bytes:
+            return f"larger than the broker's maximum packet size ({self.limit} bytes)"
+        return f"larger than [mqtt] max_message_bytes ({self.limit} bytes)"
+
+    def first_refusal(self, topic: str) -> bool:
+        """True the first time ``topic`` is refused: warn once per topic, not once per poll."""
+        if topic in self._warned:
+            return False
+        self._warned.add(topic)
+        return True
+
+    def handed(self, topic: str, size: int, now: float) -> None:
+        """A message went to the broker, not confirmed yet."""
+        if self._largest is None or size > self._largest.size:
+            self._largest = Handed(topic, size, now)
+
+    def confirmed(self) -> None:
+        """A barrier was confirmed: everything handed before it reached the broker."""
+        if self._largest is not None:
+            self._largest_confirmed = max(self._largest_confirmed, self._largest.size)
+            if self.suspect == self._largest[:2]:
+                self.suspect = None  # it reached the broker: not the culprit
+        self._largest = None
+
+    def dropped(self, now: float) -> tuple[str, int] | None:
+        """The connection dropped: the message convicted by it, if any."""
+        largest, self._largest = self._largest, None
+        if largest is None or now - largest.at > self.blame_window_s:
+            self.suspect = None  # an idle drop: nothing to blame, and no longer "in a row"
+            return None
+        blamed = (largest.topic, largest.size)
+        if blamed != self.suspect:
+            self.suspect = blamed
+            return None
+        self.suspect = None
+        self._convicted.add(largest.topic)
+        self._smallest_convicted = min(largest.size, self._smallest_convicted or largest.size)
+        return blamed
+
+    def isolate_at(self, sizes: Sequence[tuple[str, int]]) -> int | None:
+        """Where the suspect is among ``(topic, size)`` pairs about to be sent, if there."""
+        if self.suspect is None:
+            return None
+        for index, pair in enumerate(sizes):
+            if pair == self.suspect:
+                return index
+        return None
+
+
+class DropVerdict(NamedTuple):
+    """What a dropped connection means for the backoff and the log."""
+
+    reset_backoff: bool
+    report: bool
+
+
+class ConnectionWatch:
+    """Resets the backoff only after a connection that lasted, and spots a duplicate client id.
+
+    Pure: times are passed in. A connection that lasted ``stable_after_s`` resets the backoff when
+    it ends; shorter ones keep backing off towards the cap. ``short_to_report`` of them in a row
+    (or an MQTT 5 "Session taken over") are reported once, until a connection lasts again.
+    """
+
+    def __init__(
+        self,
+        stable_after_s: float = STABLE_AFTER_S,
+        short_to_report: int = SHORT_CONNECTIONS_TO_REPORT,
+    ) -> None:
+        self.stable_after_s = stable_after_s
+        self.short_to_report = short_to_report
+        self.short_in_a_row = 0
+        self._since: float | None = None
+        self._reported = False
+
+    def connected(self, now: float) -> None:
+        """A connection was accepted."""
+        self._since = now
+
+    def attempt_failed(self) -> None:
+        """An attempt found no broker: an outage or restart, not a fight over the client id.
+
+        Another client with our id never keeps us out: each attempt succeeds and is then kicked.
+        """
+        self.short_in_a_row = 0
+
+    def dropped(
+        self, now: float, *, taken_over: bool = False, explained: bool = False
+    ) -> DropVerdict:
+        """The connection ended; ``explained``: a refused message accounts for it."""
+        since, self._since = self._since, None
+        stable = since is not None and now - since >= self.stable_after_s
+        if stable:
+            self.short_in_a_row = 0
+            self._reported = False
+        elif explained:
+            self.short_in_a_row = 0
+        else:
+            self.short_in_a_row += 1
+        report = not self._reported and (taken_over or self.short_in_a_row >= self.short_to_report)
+        self._reported = self._reported or report
+        return DropVerdict(reset_backoff=stable, report=report)
+
+
+class ProtocolChoice:
+    """MQTT 5 or 3.1.1 for the next attempt: ``auto`` tries 5, and 3.1.1 when the broker refuses."""
+
+    def __init__(self, setting: str) -> None:
+        self.auto = setting == "auto"
+        self.mqtt5 = setting != "3.1.1"
+
+    def refused(self) -> bool:
+        """The broker refused the version asked: switch (auto only); True when it switched."""
+        if not self.auto:
+            return False
+        self.mqtt5 = not self.mqtt5
+        return True
+
+    @property
+    def name(self) -> str:
+        """The version the next attempt uses."""
+        return "5" if self.mqtt5 else "3.1.1"
+
+
+def report_short_connections(
+    identifier: str, says: BrokerSays, watch: ConnectionWatch, cap_s: float
+) -> None:
+    """The one warning for a broker that keeps closing fresh connections."""
+    if says.taken_over:
+        logger.warning(
+            "MQTT: the broker gave client_id %r to another connection (%s): another bridge or "
+            "client uses the same client_id; give each a unique [mqtt] client_id "
+            "(backing off up to %.0f s)",
+            identifier,
+            says.disconnect_reason,
+            cap_s,
+        )
+        return
+    logger.warning(
+        "MQTT: the broker closed %d connections in a row within %.0f s: likely another client "
+        "with the same client_id %r, or the broker refuses this client (backing off up to %.0f s)",
+        watch.short_in_a_row,
+        watch.stable_after_s,
+        identifier,
+        cap_s,
+    )
 
 
 class MqttLink:
@@ -273,9 +601,17 @@ class MqttLink:
         self.connections = 0
         # Monotonic time of the last batch that reached the broker (for the health check).
         self.last_delivery: float | None = None
+        self.guard = MessageGuard(config.max_message_bytes)
+        self.watch = ConnectionWatch()
+        self.protocol = ProtocolChoice(config.protocol)
 
     def _client(self) -> aiomqtt.Client:
-        return make_client(self.config, self.config.client_id, (self.state_topic, OFFLINE))
+        return make_client(
+            self.config,
+            self.config.client_id,
+            (self.state_topic, OFFLINE),
+            mqtt5=self.protocol.mqtt5,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stay connected until ``stop`` is set, then publish ``offline`` and disconnect."""
@@ -287,25 +623,51 @@ class MqttLink:
                 logger.error("MQTT: cannot set up the client: %s", describe_mqtt_error(error))  # noqa: TRY400 - one line, no traceback
                 await self._wait(stop, self._backoff.next_delay())
                 continue
+            says = listen_to_broker(client)
+            was_connected = False
             try:
-                async with client:
-                    self._backoff.reset()
+                async with connection(client):
+                    was_connected = True
+                    self.watch.connected(self._clock())
+                    self.guard.broker_limit = says.maximum_packet_size
                     self.connections += 1
                     logger.info(
-                        "MQTT: connected to %s:%d%s",
+                        "MQTT: connected to %s:%d%s (MQTT %s%s)",
                         self.config.host,
                         self.config.port,
                         " again" if self.connections > 1 else "",
+                        self.protocol.name,
+                        f", broker's maximum packet size {says.maximum_packet_size} bytes"
+                        if says.maximum_packet_size is not None
+                        else "",
                     )
                     failing_since_logged = False
                     await self._serve(client, stop)
                     return
             except* aiomqtt.MqttError as group:
-                reason = describe_mqtt_error(group.exceptions[0])
+                failure: BaseException = group.exceptions[0]
             except* (OSError, ssl.SSLError) as group:
-                reason = describe_mqtt_error(group.exceptions[0])
+                failure = group.exceptions[0]
+            reason = describe_mqtt_error(failure)
             self.connected.clear()
             self.outbox.requeue_unconfirmed_events()
+            if was_connected:
+                self._judge_drop(says)
+            else:
+                self.watch.attempt_failed()
+            if (
+                not was_connected
+                and refused_the_protocol(failure, says)
+                and self.protocol.refused()
+            ):
+                logger.info(
+                    "MQTT: the broker did not accept the protocol version (%s); trying MQTT %s",
+                    reason,
+                    self.protocol.name,
+                )
+                # Still after the backoff delay: a server refusing both must not spin.
+                await self._wait(stop, self._backoff.next_delay())
+                continue
             delay = self._backoff.next_delay()
             if not failing_since_logged:
                 failing_since_logged = True
@@ -321,6 +683,19 @@ class MqttLink:
             else:
                 logger.debug("MQTT: still unavailable (%s); next try in %.1f s", reason, delay)
             await self._wait(stop, delay)
+
+    def _judge_drop(self, says: BrokerSays) -> None:
+        now = self._clock()
+        convicted = self.guard.dropped(now)
+        if convicted is not None:
+            logger.debug("MQTT: %s (%d bytes) convicted of closing the connection", *convicted)
+        verdict = self.watch.dropped(now, taken_over=says.taken_over, explained=bool(convicted))
+        if verdict.reset_backoff:
+            self._backoff.reset()
+        if verdict.report:
+            report_short_connections(
+                self.config.client_id, says, self.watch, self.config.reconnect_max_s
+            )
 
     @staticmethod
     async def _wait(stop: asyncio.Event, seconds: float) -> None:
@@ -356,18 +731,27 @@ class MqttLink:
                 logger.exception("MQTT: handling a message on %s failed", message.topic)
 
     async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        mqtt5 = paho_client(client).protocol == paho.MQTTv5
         unconfirmed = 0
         confirmed_at = float("-inf")  # the first chunk after connecting is confirmed
         confirm_next = False
         while True:
             # One chunk at a time: only a chunk's worth of messages (and rendered configs) exists.
             while chunk := self.outbox.pending(MAX_BATCH):
+                chunk, alone = self._screen(chunk, mqtt5=mqtt5)
+                if not chunk:
+                    continue  # all refused, and forgotten by the outbox
                 unconfirmed += len(chunk)
                 confirm = (
-                    confirm_next
+                    alone
+                    or confirm_next
                     or unconfirmed >= CONFIRM_EVERY_MESSAGES
                     or self._clock() - confirmed_at >= CONFIRM_EVERY_S
                 )
+                # Noted before the barrier is awaited: a drop raises out of it.
+                largest = max(chunk, key=lambda message: len(message.payload))
+                size = publish_packet_bytes(largest.topic, largest.payload, mqtt5=mqtt5)
+                self.guard.handed(largest.topic, size, self._clock())
                 await publish_chunk(
                     client, chunk, confirm=confirm, qos1_prefixes=self._qos1_prefixes
                 )
@@ -377,6 +761,7 @@ class MqttLink:
                     else:
                         self.outbox.mark_handed(message)
                 if confirm:
+                    self.guard.confirmed()
                     self.outbox.confirm_handed_events()
                     unconfirmed = 0
                     confirm_next = False
@@ -391,6 +776,44 @@ class MqttLink:
             if stop.is_set():
                 await self._say_goodbye(client)
                 raise _ShutdownRequestedError
+
+    def _screen(self, chunk: list[Message], *, mqtt5: bool) -> tuple[list[Message], bool]:
+        """``chunk`` without what the broker will not take (forgotten, warned once per topic).
+
+        When the suspect of the last drop is in it, the chunk is cut so that it goes alone after
+        a confirmed barrier: returns the part to send now and whether it must be confirmed.
+        """
+        guard = self.guard
+        limit = guard.limit
+        sendable: list[Message] = []
+        for message in chunk:
+            # A str character is at most 4 UTF-8 bytes: most messages need no exact size.
+            rough = 4 * (len(message.topic) + len(message.payload)) + 16
+            if rough <= limit and not guard.watched(message.topic):
+                sendable.append(message)
+                continue
+            size = publish_packet_bytes(message.topic, message.payload, mqtt5=mqtt5)
+            reason = guard.refusal(message.topic, size)
+            if reason is None:
+                sendable.append(message)
+                continue
+            self.outbox.discard(message)
+            log = logger.warning if guard.first_refusal(message.topic) else logger.debug
+            log("MQTT: not publishing %s (%d bytes): %s", message.topic, size, reason)
+        if guard.suspect is None:
+            return sendable, False
+        at = guard.isolate_at(
+            [
+                (m.topic, publish_packet_bytes(m.topic, m.payload, mqtt5=mqtt5))
+                if m.topic == guard.suspect[0]
+                else (m.topic, -1)
+                for m in sendable
+            ]
+        )
+        if at is None:
+            return sendable, False
+        # What comes before the suspect is confirmed first; then the suspect alone.
+        return (sendable[:at] if at else sendable[:1]), True
 
     async def _wait_for_work(self, stop: asyncio.Event, limit_s: float | None) -> bool:
         """Wait until the outbox has something or ``stop`` is set: False after ``limit_s``."""
@@ -429,7 +852,7 @@ async def delete_retained(config: MqttConfig, topics: Sequence[str], identifier:
     """
     messages = [Message(topic, "") for topic in topics]
     try:
-        async with make_client(config, identifier) as client:
+        async with connection(make_client(config, identifier)) as client:
             _send_without_delay(client)
             for start in range(0, len(messages), MAX_BATCH):
                 await publish_chunk(client, messages[start : start + MAX_BATCH])
@@ -483,7 +906,7 @@ async def subscribe(
     except (ssl.SSLError, OSError, ValueError) as error:
         raise MqttUnavailableError(f"cannot set up TLS: {describe_mqtt_error(error)}") from None
     try:
-        async with client:
+        async with connection(client):
             for pattern in patterns:
                 await client.subscribe(pattern, qos=1)
             yield Subscription(client)
@@ -509,6 +932,7 @@ class WillKeeper:
         payload: str,
         on_connect: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.topic = topic
@@ -519,26 +943,49 @@ class WillKeeper:
             initial=min(1.0, config.reconnect_max_s), maximum=config.reconnect_max_s
         )
         self.connected = asyncio.Event()
+        self.watch = ConnectionWatch()
+        self.protocol = ProtocolChoice(config.protocol)
+        self._clock = clock
 
     def _client(self) -> aiomqtt.Client:
-        return make_client(self.config, self.identifier, (self.topic, self.payload))
+        return make_client(
+            self.config, self.identifier, (self.topic, self.payload), mqtt5=self.protocol.mqtt5
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Hold the connection until ``stop`` is set; reconnect with backoff when it drops."""
         while not stop.is_set():
+            says = BrokerSays()
+            was_connected = False
             try:
-                async with self._client() as client:
-                    self._backoff.reset()
+                client = self._client()
+                says = listen_to_broker(client)
+                async with connection(client):
+                    was_connected = True
+                    self.watch.connected(self._clock())
                     self.connected.set()
                     if self._on_connect is not None:
                         self._on_connect()
                     if await self._until_stop_or_drop(client, stop):
                         return  # leaving ``async with`` disconnects cleanly: no Will
             except* aiomqtt.MqttError as group:
-                reason = describe_mqtt_error(group.exceptions[0])
+                error: BaseException = group.exceptions[0]
             except* (OSError, ssl.SSLError, ValueError) as group:
-                reason = describe_mqtt_error(group.exceptions[0])
+                error = group.exceptions[0]
+            reason = describe_mqtt_error(error)
             self.connected.clear()
+            if was_connected:
+                verdict = self.watch.dropped(self._clock(), taken_over=says.taken_over)
+                if verdict.reset_backoff:
+                    self._backoff.reset()
+                if verdict.report:
+                    report_short_connections(
+                        self.identifier, says, self.watch, self.config.reconnect_max_s
+                    )
+            else:
+                self.watch.attempt_failed()
+                if refused_the_protocol(error, says):
+                    self.protocol.refused()  # the next try, after the backoff delay
             delay = self._backoff.next_delay()
             logger.debug("MQTT: Will connection down (%s); next try in %.1f s", reason, delay)
             await MqttLink._wait(stop, delay)  # noqa: SLF001 - the same wait, one module

@@ -210,6 +210,27 @@ class Outbox:
             self._dirty.pop(message.topic, None)
             self._sent_at[message.topic] = self._clock()
 
+    def discard(self, message: Message) -> None:
+        """Forget ``message`` without sending it or deleting its topic on the broker.
+
+        For a message the broker will not take: a retained value is forgotten unless a newer one
+        replaced it (putting it again makes it pending again); an event leaves the queue.
+        """
+        if not message.retain:
+            for index in range(self._events_handed, len(self._events)):
+                if self._events[index] == message:
+                    del self._events[index]
+                    return
+            return
+        if not message.payload:
+            self._deletions.pop(message.topic, None)
+            return
+        value = self._retained.get(message.topic)
+        if value == (message.source if isinstance(value, Deferred) else message.payload):
+            del self._retained[message.topic]
+            self._sent_at.pop(message.topic, None)
+            self._dirty.pop(message.topic, None)
+
     async def wait(self) -> None:
         """Wait until something is pending."""
         while not (self._dirty or self._deletions or len(self._events) > self._events_handed):

@@ -571,3 +571,67 @@ def test_tls_with_cert_and_key(tmp_path: Path) -> None:
     assert config.mqtt.tls is not None
     assert config.mqtt.tls.cert_file == cert
     assert config.mqtt.tls.key_file == key
+
+
+# --- [mqtt] host as a URL -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "extra", "want"),
+    [
+        ("broker", "", ("broker", 1883, False)),
+        ("broker:1884", "", ("broker", 1884, False)),
+        ("[fd00::1]:1884", "", ("fd00::1", 1884, False)),
+        ("fd00::1", "", ("fd00::1", 1883, False)),
+        ("mqtt://broker", "", ("broker", 1883, False)),
+        ("mqtt://broker:1884", "", ("broker", 1884, False)),
+        ("mqtt://broker:1884/", "port = 1884\n", ("broker", 1884, False)),
+        ("mqtts://broker", "", ("broker", 8883, True)),
+        ("mqtts://broker", "port = 9883\n", ("broker", 9883, True)),
+        ("MQTTS://broker:9883", "", ("broker", 9883, True)),
+        ("broker", "[mqtt.tls]\n", ("broker", 1883, True)),
+    ],
+)
+def test_mqtt_host_forms(
+    tmp_path: Path, host: str, extra: str, want: tuple[str, int, bool]
+) -> None:
+    """host, host:port, mqtt:// and mqtts:// (TLS on, port 8883 unless given) all load."""
+    config = _load(tmp_path, f'[mqtt]\nhost = "{host}"\n{extra}' + _connector())
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls is not None) == want
+
+
+@pytest.mark.parametrize(
+    ("host", "extra", "words"),
+    [
+        ("mqtt://broker:1883/twc3", "", "without a path"),
+        ("mqtt://user@broker", "", "without a path, query or user"),
+        ("http://broker", "", "not mqtt:// or mqtts://"),
+        ("ws://broker:9001", "", "not mqtt:// or mqtts://"),
+        ("mqtt://broker:1884", "port = 1883\n", "says port 1884 but port is 1883"),
+        ("broker:1884", "port = 1885\n", "says port 1884 but port is 1885"),
+        ("mqtt://broker", "[mqtt.tls]\n", "use mqtts://"),
+        ("mqtt://broker:0", "", "out of range"),
+        ("mqtt://", "", "must not be empty"),
+    ],
+)
+def test_mqtt_host_urls_refused_in_one_line(
+    tmp_path: Path, host: str, extra: str, words: str
+) -> None:
+    problems = _problems(tmp_path, f'[mqtt]\nhost = "{host}"\n{extra}' + _connector())
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"mqtt: host {host!r}"), problems
+    assert words in problems[0], problems
+
+
+def test_mqtt_size_limit_and_protocol(tmp_path: Path) -> None:
+    config = _load(tmp_path, "[mqtt]\n" + _connector())
+    assert config.mqtt.max_message_bytes == 256 * 1024
+    assert config.mqtt.protocol == "auto"
+    config = _load(
+        tmp_path, '[mqtt]\nmax_message_bytes = 16384\nprotocol = "3.1.1"\n' + _connector()
+    )
+    assert (config.mqtt.max_message_bytes, config.mqtt.protocol) == (16_384, "3.1.1")
+    problems = _problems(tmp_path, '[mqtt]\nprotocol = "4"\n' + _connector())
+    assert problems[0].startswith("mqtt.protocol: ")
+    problems = _problems(tmp_path, "[mqtt]\nmax_message_bytes = 10\n" + _connector())
+    assert problems[0].startswith("mqtt.max_message_bytes: ")

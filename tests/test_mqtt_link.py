@@ -14,7 +14,7 @@ import paho.mqtt.client as paho
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from bridge.config import MqttConfig
 from bridge.mqtt import (
@@ -26,6 +26,7 @@ from bridge.mqtt import (
     make_client,
     paho_client,
     publish_chunk,
+    publish_packet_bytes,
     raw_publish_queue,
 )
 from bridge.outbox import Message, Outbox
@@ -284,9 +285,10 @@ async def test_aiomqtt_still_holds_a_paho_client_for_publishing_without_awaiting
 # --- framing QoS 0 publishes ourselves ----------------------------------------------------------
 
 
-def paho_frame(topic: str, payload: str, *, retain: bool) -> bytes:
-    """The bytes paho itself queues for a QoS 0 publish on an MQTT 3.1.1 connection."""
-    inner = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+def paho_frame(topic: str, payload: str, *, retain: bool, mqtt5: bool = False) -> bytes:
+    """The bytes paho itself queues for a QoS 0 publish on an MQTT 3.1.1 (or 5) connection."""
+    protocol = paho.MQTTv5 if mqtt5 else paho.MQTTv311
+    inner = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
     queued: list[bytes] = []
 
     def capture(_command: int, packet: bytes, *_args: object) -> int:
@@ -303,6 +305,7 @@ def paho_frame(topic: str, payload: str, *, retain: bool) -> bytes:
     return packet
 
 
+@pytest.mark.parametrize("mqtt5", [False, True], ids=["3.1.1", "5"])
 @pytest.mark.parametrize(
     ("topic", "payload", "retain"),
     [
@@ -315,22 +318,29 @@ def paho_frame(topic: str, payload: str, *, retain: bool) -> bytes:
     ],
 )
 def test_our_publish_frames_are_byte_for_byte_paho_frames(
-    topic: str, payload: str, retain: bool
+    topic: str, payload: str, retain: bool, mqtt5: bool
 ) -> None:
-    assert frame_publish(topic, payload, retain=retain) == paho_frame(topic, payload, retain=retain)
+    ours = frame_publish(topic, payload, retain=retain, mqtt5=mqtt5)
+    assert ours == paho_frame(topic, payload, retain=retain, mqtt5=mqtt5)
+    # The size check counts the same bytes (plus a QoS 1 packet id, its worst case).
+    assert ours is not None
+    assert publish_packet_bytes(topic, payload, mqtt5=mqtt5) == len(ours) + 2
 
 
 @given(
     topic=st.text(st.characters(blacklist_characters="+#\x00", blacklist_categories=["Cs"])),
     payload=st.text(st.characters(blacklist_categories=["Cs"])),
     retain=st.booleans(),
+    mqtt5=st.booleans(),
 )
-def test_frames_match_paho_for_any_text(topic: str, payload: str, retain: bool) -> None:
-    ours = frame_publish(topic, payload, retain=retain)
+def test_frames_match_paho_for_any_text(
+    topic: str, payload: str, retain: bool, mqtt5: bool
+) -> None:
+    ours = frame_publish(topic, payload, retain=retain, mqtt5=mqtt5)
     if not topic:
         assert ours is None
     else:
-        assert ours == paho_frame(topic, payload, retain=retain)
+        assert ours == paho_frame(topic, payload, retain=retain, mqtt5=mqtt5)
 
 
 @pytest.mark.parametrize("topic", ["", "a/+/b", "a/#", "a\x00b", "t" * 70_000])
@@ -338,12 +348,13 @@ def test_topics_paho_must_judge_are_not_framed_by_us(topic: str) -> None:
     assert frame_publish(topic, "1", retain=True) is None
 
 
-def test_the_raw_queue_exists_only_for_mqtt_3_connections() -> None:
-    """The private _packet_queue of paho is still there; MQTT 5 frames differ: not used there."""
-    v311 = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
-    assert raw_publish_queue(v311) is not None, "paho lost _packet_queue: mqtt.py must change"
-    v5 = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    assert raw_publish_queue(v5) is None
+@pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5])
+def test_the_raw_queue_exists_for_mqtt_3_and_5_connections(
+    protocol: MQTTProtocolVersion,
+) -> None:
+    """The private _packet_queue of paho is still there (our frames differ per version)."""
+    inner = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+    assert raw_publish_queue(inner) is not None, "paho lost _packet_queue: mqtt.py must change"
 
 
 @pytest.mark.broker

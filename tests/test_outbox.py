@@ -610,3 +610,69 @@ def test_pending_with_a_limit_gives_the_oldest_first_chunk_by_chunk() -> None:
             outbox.mark_sent(message)
     assert chunks == [["gone", "t0", "t1"], ["t2", "t3", "t4"], ["cfg", "ev"]]
     assert render.calls == 1  # rendered only when its chunk came
+
+
+# --- discarding a message the broker will not take ----------------------------------------------
+
+
+def test_discarded_value_is_forgotten_not_deleted() -> None:
+    outbox, _ = _outbox()
+    outbox.put("t/big", "x" * 100)
+    outbox.put("t/small", "1")
+    big, small = outbox.pending()
+    outbox.discard(big)
+    assert outbox.pending() == [small]
+    assert outbox.get("t/big") is None
+    assert "t/big" not in outbox.retained_topics()
+    outbox.republish_all()
+    assert outbox.pending() == [small]  # no deletion either: the broker keeps what it had
+
+
+def test_discarded_value_comes_back_when_put_again() -> None:
+    outbox, _ = _outbox()
+    outbox.put("t/big", "x" * 100)
+    (big,) = outbox.pending()
+    outbox.discard(big)
+    outbox.put("t/big", "x" * 100)
+    assert outbox.pending() == [big]
+
+
+def test_discard_keeps_a_newer_value() -> None:
+    outbox, _ = _outbox()
+    outbox.put("t/a", "old")
+    (old,) = outbox.pending()
+    outbox.put("t/a", "new")
+    outbox.discard(old)
+    assert outbox.pending() == [Message("t/a", "new")]
+
+
+def test_discard_of_a_deferred_value_compares_its_source() -> None:
+    outbox, _ = _outbox()
+    outbox.put("t/config", Deferred(str.upper, ("abc",)))
+    (rendered,) = outbox.pending()
+    outbox.discard(rendered)
+    assert outbox.pending() == []
+
+
+def test_discarded_event_leaves_the_queue_and_handed_events_stay_handed() -> None:
+    outbox, _ = _outbox()
+    outbox.event("t/e", "1")
+    outbox.event("t/e", "2")
+    outbox.event("t/e", "3")
+    first, second, third = outbox.pending()
+    outbox.mark_handed(first)
+    outbox.discard(first)  # handed already: not the broker's refusal to make now
+    outbox.discard(second)
+    assert outbox.pending() == [third]
+    outbox.mark_handed(third)
+    outbox.confirm_handed_events()
+    assert outbox.pending() == []
+    assert outbox.unconfirmed_events == 0
+
+
+def test_discarded_deletion_is_no_longer_pending() -> None:
+    outbox, _ = _outbox()
+    outbox.delete("t/gone")
+    (deletion,) = outbox.pending()
+    outbox.discard(deletion)
+    assert outbox.pending() == []
