@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from bridge.announce import Announcer
+from bridge.announce import MAX_REMOVED_STUBS, Announcer
 from bridge.app import announced_fields
 from bridge.fieldbudget import RETIRE_AFTER_READS, RETIRE_AFTER_S, Admission, FieldBudget
 from bridge.homie import HomiePublisher
@@ -238,3 +238,18 @@ async def test_discovery_drops_the_config_of_a_retired_field() -> None:
     deleted = {m.topic for m in _send_all(outbox) if m.payload == ""}
     assert mystery <= deleted
     assert "twc3/garage/vitals/mystery_field" in deleted
+
+
+def test_device_mode_keeps_a_bounded_number_of_removed_stubs() -> None:
+    """A unit that keeps retiring invented fields does not grow its device config forever."""
+    outbox = Outbox()
+    announcer = Announcer(SITE, "device", outbox, None, {"garage"})
+    for round_ in range(3 * MAX_REMOVED_STUBS // 10):
+        names = ["grid_v", *(f"churn_{round_}_{i}" for i in range(10))]
+        announcer.update_unit("garage", GARAGE, {"vitals": names})
+    (message,) = [m for m in _send_all(outbox) if m.topic.endswith("twc3_test0001/config")]
+    components = json.loads(message.payload)["components"]
+    stubs = [key for key, value in components.items() if value == {"platform": "sensor"}]
+    assert len(stubs) == MAX_REMOVED_STUBS
+    assert "vitals_churn_0_0" not in components  # the oldest stubs went first
+    assert f"vitals_churn_{3 * MAX_REMOVED_STUBS // 10 - 2}_0" in stubs
