@@ -331,8 +331,8 @@ class ConnectorPoller:
             self._outbox.put(topics.poller("refused_fields"), str(self.field_budget.refused_total))
         if admission.first_refusal:
             logger.warning(
-                "unit %s: %s has more than %d field names; the others are published only in %s "
-                "(counted in poller/refused_fields; not logged again)",
+                "unit %s: %s has more than %d field names; names past that are published only "
+                "in %s (counted in poller/refused_fields; not logged again)",
                 self.label,
                 endpoint,
                 self.field_budget.cap,
