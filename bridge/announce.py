@@ -33,6 +33,7 @@ from bridge.statefile import StateFile
 logger = logging.getLogger(__name__)
 
 BRIDGE_OWNER: Final = "bridge"
+MAX_REMOVED_STUBS: Final = 256  # per device: removed components kept as stubs in its config
 
 
 class Announcer:
@@ -106,6 +107,10 @@ class Announcer:
             removed.update((k, platform) for k, platform in previous.items() if k not in current)
             for key in current:
                 removed.pop(key, None)
+            # A unit that keeps retiring invented fields must not grow the payload forever; the
+            # oldest stubs went out long ago.
+            for key in list(removed)[: max(0, len(removed) - MAX_REMOVED_STUBS)]:
+                del removed[key]
             topic = device_config_topic(self.site, info)
             configs = {
                 topic: Deferred(

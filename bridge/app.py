@@ -16,6 +16,7 @@ from bridge.config import BridgeConfig, ConnectorConfig, GroupConfig
 from bridge.derivation import UnitDerivation
 from bridge.derived import Role, SessionEnergy, continued_energy
 from bridge.discovery import Site, UnitInfo, group_configs
+from bridge.fieldbudget import FieldBudget
 from bridge.groups import MemberState, group_values
 from bridge.homie import HomiePublisher, unit_values
 from bridge.logtext import escaped
@@ -23,7 +24,6 @@ from bridge.models import ENDPOINTS, Version, WifiStatus
 from bridge.mqtt import MqttLink, WillKeeper
 from bridge.outbox import Outbox
 from bridge.poller import ConnectorPoller, IdRegistry
-from bridge.publishing import MAX_FIELDS_PER_BODY
 from bridge.statefile import EnergyRecord, StateFile
 from bridge.topics import field_level, plain_payload
 from bridge.twc import TwcClient
@@ -79,16 +79,21 @@ def unit_info(
 
 
 def announced_fields(poller: ConnectorPoller) -> dict[str, list[str]]:
-    """The topic level of every key in each endpoint's latest body, in the unit's order."""
+    """The topic level of every admitted key of each endpoint read, in the unit's order.
+
+    Admitted keys (:class:`~bridge.fieldbudget.FieldBudget`) stay announced until retired, so a
+    key missing from one body does not remove and re-add its entity.
+    """
     fields: dict[str, list[str]] = {}
     for endpoint in ENDPOINTS:
-        body = poller.status.last_bodies.get(endpoint)
-        if body is None:
+        if endpoint not in poller.status.last_bodies:
             continue
         levels = dict.fromkeys(
-            level for key in body.fields if (level := field_level(key)) is not None
+            level
+            for key in poller.field_budget.admitted(endpoint)
+            if (level := field_level(key)) is not None
         )
-        fields[endpoint] = list(levels)[:MAX_FIELDS_PER_BODY]
+        fields[endpoint] = list(levels)
     if poller.status.derived:
         fields["derived"] = list(poller.status.derived)
     return fields
@@ -202,6 +207,7 @@ class Bridge:
                     ),
                     start_delay_s=polling.vitals_s * (index % START_SLOTS) / START_SLOTS,
                     repeat_summary_s=config.logging.repeat_summary_s,
+                    field_budget=FieldBudget(retire_after_s=config.bridge.field_retire_s),
                 )
             )
             keeping = EnergyKeeping(owner, restored_wh, serial_hint)
@@ -253,7 +259,8 @@ class Bridge:
             status = poller.status
             inputs = (
                 info,
-                tuple((name, tuple(body.fields)) for name, body in status.last_bodies.items()),
+                poller.field_budget.generation,
+                len(status.last_bodies),
                 tuple(status.derived),
             )
             if info is not None and inputs != seen[0]:
@@ -268,7 +275,11 @@ class Bridge:
         """Announce the unit's Homie node once, then publish its changed values."""
         if self.homie is None or poller.topics is None:
             return
-        bodies = {str(name): body.fields for name, body in poller.status.last_bodies.items()}
+        budget = poller.field_budget
+        bodies = {
+            str(name): {key: body.fields.get(key) for key in budget.admitted(name)}
+            for name, body in poller.status.last_bodies.items()
+        }
         values = unit_values(bodies, poller.status.derived)
         self.homie.update_unit(poller.topics.unit_id, connector.name, values)
 

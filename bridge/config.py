@@ -287,6 +287,8 @@ class BridgeSection(_Strict):
     """The bridge's own settings."""
 
     data_dir: Path = Field(default_factory=default_data_dir)
+    # How long a field name a unit stopped sending keeps its topics (bridge/fieldbudget.py).
+    field_retire_s: Seconds = 600.0
 
 
 class GroupConfig(_Strict):

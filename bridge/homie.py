@@ -264,8 +264,10 @@ class HomiePublisher:
     def update_unit(
         self, unit_id: str, name: str | None, values: Mapping[tuple[str, str], object]
     ) -> None:
-        """Publish a unit's values; (re-)announce its node first when it is new or grew.
+        """Publish a unit's values; (re-)announce its node first when it is new, grew or shrank.
 
+        ``values`` holds every value the node should have (``None``: known, but unknown now);
+        the property of a key no longer in it is removed (attribute and value topics cleared).
         Cheap when nothing new appeared: one dict pass and outbox puts that drop unchanged values.
         """
         node = self._nodes.get(unit_id)
@@ -273,15 +275,29 @@ class HomiePublisher:
             node_id = unique_id(homie_id(unit_id) or "unit", self.node_ids)
             node = _Node(node_id, name or unit_id, [])
             self._nodes[unit_id] = node
+        gone = [p for p in node.properties if (p.endpoint, p.field) not in values]
+        if gone:
+            self._remove_properties(node, gone)
         grown = len(node.properties)
         node.properties = node_properties(values, node.properties)
-        if len(node.properties) != grown or not grown:
+        if len(node.properties) != grown or not grown or gone:
             self._put_all(node_messages(self.root, node.id, node.name, node.properties))
             self._put_all(device_messages(self.root, self.name, self.node_ids))
             self._put_all(value_messages(self.root, node.id, node.properties, values))
             self._set_state("ready")
             return
         self._put_all(value_messages(self.root, node.id, node.properties, values))
+
+    def _remove_properties(self, node: _Node, gone: list[HomieProperty]) -> None:
+        removed = {p.id for p in gone}
+        node.properties = [p for p in node.properties if p.id not in removed]
+        base = f"{self.root}/{node.id}"
+        for prop in gone:
+            self.outbox.delete(f"{base}/{prop.id}")
+            for attribute in prop.attributes():
+                self.outbox.delete(f"{base}/{prop.id}/{attribute}")
+        if not node.properties:  # no empty payload: it would delete the topic
+            self.outbox.delete(f"{base}/$properties")
 
     def restore_state(self) -> None:
         """Publish the current ``$state`` again (the Will connection's ``lost`` may have hit it)."""

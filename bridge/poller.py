@@ -20,6 +20,7 @@ from bridge.backoff import Backoff
 from bridge.config import PollingConfig
 from bridge.derivation import UnitDerivation
 from bridge.failurelog import DEFAULT_SUMMARY_INTERVAL_S, FailureLog, Report
+from bridge.fieldbudget import Admission, FieldBudget
 from bridge.logtext import escaped
 from bridge.models import (
     ENDPOINTS,
@@ -124,9 +125,11 @@ class ConnectorPoller:
         wall_clock: Callable[[], float] = time.time,
         start_delay_s: float = 0.0,
         repeat_summary_s: float = DEFAULT_SUMMARY_INTERVAL_S,
+        field_budget: FieldBudget | None = None,
     ) -> None:
         """``repeat_summary_s``: at most one line per interval about a unit that keeps failing."""
         self.label = label
+        self.field_budget = field_budget or FieldBudget()
         self._on_update = on_update
         self._serial_guard = serial_guard
         self.duplicate = False
@@ -330,7 +333,10 @@ class ConnectorPoller:
         self._outbox.put(self._topics.derived("last_seen"), seen.replace("+00:00", "Z"))
         self._derive(parsed)
         for body in status.last_bodies.values() if self._newly_named() else (parsed,):
-            skipped = publish_body(self._outbox, self._topics, body)
+            admission = self.field_budget.admit(body.endpoint, body.fields, self._clock())
+            if admission.refused or admission.retired:
+                self._apply_budget(body.endpoint, admission)
+            skipped = publish_body(self._outbox, self._topics, body, admission.refused)
             if skipped:
                 logger.debug(
                     "unit %s: %d keys of %s have no topic", self.label, skipped, body.endpoint
@@ -338,6 +344,34 @@ class ConnectorPoller:
         self._publish_counters()
         if self._on_update is not None:
             self._on_update(self)
+
+    def _apply_budget(self, endpoint: Endpoint, admission: Admission) -> None:
+        """Clear the topics of retired names; count and report refused ones."""
+        topics = self._topics
+        if topics is None:  # pragma: no cover - called only once topics are known
+            return
+        if admission.retired:
+            topics.retire_fields(
+                self._outbox, endpoint, admission.retired, self.field_budget.admitted(endpoint)
+            )
+            logger.debug(
+                "unit %s: %d %s field(s) absent for %.0f s retired; their topics are cleared",
+                self.label,
+                len(admission.retired),
+                endpoint,
+                self.field_budget.retire_after_s,
+            )
+        if admission.refused:
+            self._outbox.put(topics.poller("refused_fields"), str(self.field_budget.refused_total))
+        if admission.first_refusal:
+            logger.warning(
+                "unit %s: %s has more than %d field names; names past that are published only "
+                "in %s (counted in poller/refused_fields; not logged again)",
+                self.label,
+                endpoint,
+                self.field_budget.cap,
+                topics.endpoint(endpoint),
+            )
 
     def _derive(self, parsed: ParsedBody) -> None:
         if self._topics is None:  # pragma: no cover - called only once topics are known

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -54,6 +56,23 @@ class UnitTopics:
             self._field_topics[endpoint, key] = topic
         return topic
 
+    def retire_fields(
+        self, outbox: Outbox, endpoint: str, keys: Iterable[str], admitted: Iterable[str]
+    ) -> None:
+        """Clear the field topics of ``keys`` on the broker and forget them.
+
+        A topic another ``admitted`` key of the endpoint still maps to is kept.
+        """
+        kept = {self.field_topic(endpoint, key) for key in admitted}
+        for key in keys:
+            self._field_topics.pop((endpoint, key), None)
+            level = field_level(key)
+            topic = None if level is None else self.field(endpoint, level)
+            if topic is None or topic in kept:
+                continue
+            self.last_values.pop(topic, None)
+            outbox.delete(topic)
+
     def put_if_changed(self, outbox: Outbox, topic: str, value: object) -> None:
         """Put ``value`` as its plain payload unless it equals what was last put on ``topic``."""
         last = self.last_values.get(topic, _NOTHING)
@@ -101,16 +120,22 @@ def field_messages(
     return levels, skipped
 
 
-def publish_body(outbox: Outbox, topics: UnitTopics, parsed: ParsedBody) -> int:
+def publish_body(
+    outbox: Outbox, topics: UnitTopics, parsed: ParsedBody, refused: AbstractSet[str] = frozenset()
+) -> int:
     """Put one successfully read body into the outbox; returns how many keys had no topic.
 
-    The whole-body topic is refreshed on every successful poll; field topics when they change
-    (and at least every few minutes, by the outbox's refresh rule).
+    The whole-body topic is refreshed on every successful poll, with every key; field topics when
+    they change (and at least every few minutes, by the outbox's refresh rule), except for the
+    ``refused`` keys (past the unit's :class:`~bridge.fieldbudget.FieldBudget`), which are only in
+    the whole body and are not counted as skipped.
     """
     fields = parsed.fields
     outbox.put(topics.endpoint(parsed.endpoint), _body_json(fields), always=True)
+    if refused:
+        fields = {key: value for key, value in fields.items() if key not in refused}
     if len(fields) > MAX_FIELDS_PER_BODY:
-        return _publish_odd_body(outbox, topics, parsed)
+        return _publish_odd_body(outbox, topics, parsed.endpoint, fields)
     used: set[str] = set()
     skipped = 0
     last_values = topics.last_values
@@ -137,11 +162,13 @@ def _body_json(fields: dict[str, Any]) -> str:
         return compact_json(fields)
 
 
-def _publish_odd_body(outbox: Outbox, topics: UnitTopics, parsed: ParsedBody) -> int:
+def _publish_odd_body(
+    outbox: Outbox, topics: UnitTopics, endpoint: str, fields: dict[str, Any]
+) -> int:
     # More keys than any real body: the slow, bounded path, remembering nothing.
-    levels, skipped = field_messages(parsed.fields)
+    levels, skipped = field_messages(fields)
     for level, payload in levels.items():
-        outbox.put(topics.field(parsed.endpoint, level), payload)
+        outbox.put(topics.field(endpoint, level), payload)
     return skipped
 
 
