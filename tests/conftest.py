@@ -147,6 +147,41 @@ async def subscriber(port: int, pattern: str = "#") -> AsyncIterator[aiomqtt.Cli
         yield client
 
 
+# Whole modules of the system tier: the real bridge process, a broker, real time.
+SYSTEM_MODULES = ("test_fault_suite", "test_end_to_end")
+SYSTEM_MODULE_SUFFIX = "_e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the system tier: tests needing a broker, and the end-to-end and fault-suite modules.
+
+    ``./scripts/test`` runs the rest (the fast tier); ``./scripts/test --all`` and CI run both.
+    """
+    for item in items:
+        module = item.path.stem
+        if (
+            item.get_closest_marker("broker") is not None
+            or "broker" in getattr(item, "fixturenames", ())
+            or module.startswith(SYSTEM_MODULES)
+            or module.endswith(SYSTEM_MODULE_SUFFIX)
+        ):
+            item.add_marker(pytest.mark.system)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_process(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fast-tier test that starts a process fails, telling its author to mark it ``system``."""
+    if request.node.get_closest_marker("system") is not None:
+        return
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        pytest.fail(f"{request.node.nodeid} starts a process: mark it @pytest.mark.system")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
 @pytest.fixture(autouse=True)
 def _private_state_home(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch

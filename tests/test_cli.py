@@ -116,6 +116,7 @@ def bad_config(tmp_path: Path) -> Path:
 # ---- check-config -----------------------------------------------------------------------------
 
 
+@pytest.mark.system
 def test_check_config_valid_file_prints_summary(good_config: Path) -> None:
     """A valid file exits 0 and summarises the broker and each connector's topics."""
     result = run_cli("check-config", "--config", str(good_config))
@@ -131,6 +132,7 @@ def test_check_config_valid_file_prints_summary(good_config: Path) -> None:
     assert "hunter2-do-not-print" not in out + result.stderr
 
 
+@pytest.mark.system
 def test_check_config_lists_every_field_problem(bad_config: Path) -> None:
     """An invalid file exits 2 with one line per problem, each naming its key."""
     result = run_cli("check-config", "--config", str(bad_config))
@@ -145,6 +147,7 @@ def test_check_config_lists_every_field_problem(bad_config: Path) -> None:
     assert len(lines) == len(set(lines))  # no problem reported twice
 
 
+@pytest.mark.system
 def test_check_config_reports_duplicate_ids_with_other_problems(bad_config: Path) -> None:
     """The duplicate id is reported in the same run as the field problems (as the README shows)."""
     result = run_cli("check-config", "--config", str(bad_config))
@@ -154,6 +157,7 @@ def test_check_config_reports_duplicate_ids_with_other_problems(bad_config: Path
     assert len(lines) == 4, lines
 
 
+@pytest.mark.system
 def test_check_config_reports_duplicate_ids(tmp_path: Path) -> None:
     """Two connectors with the same topic id (one from a name) are one problem line."""
     path = tmp_path / "dup.toml"
@@ -171,6 +175,7 @@ def test_check_config_reports_duplicate_ids(tmp_path: Path) -> None:
     assert "connectors[0]" in lines[0]
 
 
+@pytest.mark.system
 def test_check_config_missing_file(tmp_path: Path) -> None:
     """A file that does not exist exits 2 with a single line saying so."""
     missing = tmp_path / "nowhere.toml"
@@ -181,6 +186,7 @@ def test_check_config_missing_file(tmp_path: Path) -> None:
     assert lines == [f"error: configuration file {missing} not found"]
 
 
+@pytest.mark.system
 def test_check_config_invalid_toml(tmp_path: Path) -> None:
     """A file that is not TOML exits 2 and says where the syntax breaks."""
     path = tmp_path / "broken.toml"
@@ -194,6 +200,7 @@ def test_check_config_invalid_toml(tmp_path: Path) -> None:
     assert "line 1" in lines[0]
 
 
+@pytest.mark.system
 def test_check_config_uses_environment_variable(good_config: Path) -> None:
     """Without --config the file named by TWC3_BRIDGE_CONFIG is read."""
     result = run_cli("check-config", env=clean_env(**{CONFIG_ENV: str(good_config)}))
@@ -201,6 +208,7 @@ def test_check_config_uses_environment_variable(good_config: Path) -> None:
     assert "broker.example:8883" in result.stdout
 
 
+@pytest.mark.system
 def test_check_config_option_wins_over_environment(good_config: Path, bad_config: Path) -> None:
     """--config takes precedence over TWC3_BRIDGE_CONFIG."""
     env = clean_env(**{CONFIG_ENV: str(bad_config)})
@@ -208,6 +216,7 @@ def test_check_config_option_wins_over_environment(good_config: Path, bad_config
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.system
 def test_check_config_without_any_file() -> None:
     """Neither --config nor the variable: exit 2 and one line naming both ways."""
     result = run_cli("check-config")
@@ -219,6 +228,7 @@ def test_check_config_without_any_file() -> None:
     assert CONFIG_ENV in lines[0]
 
 
+@pytest.mark.system
 def test_run_with_invalid_config_exits_2(bad_config: Path) -> None:
     """``run`` refuses an invalid file up front, with the problem lines and no traceback."""
     result = run_cli("run", "--config", str(bad_config))
@@ -242,6 +252,7 @@ def test_run_with_invalid_config_exits_2(bad_config: Path) -> None:
         pytest.param("[polling]\nbackoff_max_s = 2", id="backoff_max_s=2"),
     ],
 )
+@pytest.mark.system
 def test_run_accepts_what_check_config_accepts(tmp_path: Path, setting: str) -> None:
     """A file check-config calls OK starts ``run``, which keeps going without broker or unit."""
     path = tmp_path / "bridge.toml"
@@ -278,6 +289,7 @@ def test_run_accepts_what_check_config_accepts(tmp_path: Path, setting: str) -> 
 # ---- --version and the console script --------------------------------------------------------
 
 
+@pytest.mark.system
 def test_version_option() -> None:
     """--version prints the installed version."""
     result = run_cli("--version")
@@ -287,6 +299,7 @@ def test_version_option() -> None:
     assert result.stdout.strip() == f"twc3-bridge {expected}"
 
 
+@pytest.mark.system
 def test_console_script_installed() -> None:
     """The ``twc3-bridge`` script sits next to the venv's python and runs."""
     script = Path(sys.executable).parent / "twc3-bridge"
@@ -340,6 +353,7 @@ def unit_secrets(unit: SimulatedUnit) -> list[str]:
     ]
 
 
+@pytest.mark.system
 async def test_probe_shows_every_endpoint_and_topics() -> None:
     """``probe`` of a simulated unit shows the four bodies and the field topics they become."""
     unit = SimulatedUnit("SIMCLI000007", seed=7)
@@ -360,6 +374,7 @@ async def test_probe_shows_every_endpoint_and_topics() -> None:
             assert secret in output, secret
 
 
+@pytest.mark.system
 async def test_probe_redact_hides_identifying_values() -> None:
     """With --redact no serial, SSID, MAC or IP address of the unit is printed."""
     unit = SimulatedUnit("SIMCLI000008", seed=8)
@@ -375,6 +390,7 @@ async def test_probe_redact_hides_identifying_values() -> None:
         assert secret.lower() not in lowered, secret
 
 
+@pytest.mark.system
 async def test_probe_closed_port_fails_cleanly() -> None:
     """A port nothing listens on: exit 1, "connection refused", no traceback."""
     async with asyncio.timeout(TIMEOUT_S + 10):
@@ -384,6 +400,7 @@ async def test_probe_closed_port_fails_cleanly() -> None:
     assert "Traceback" not in output
 
 
+@pytest.mark.system
 async def test_probe_with_config_names_topics_by_the_configured_id(tmp_path: Path) -> None:
     """``probe --config``: a host matching a connector shows its id under the base topic."""
     port = free_port()
@@ -400,6 +417,7 @@ async def test_probe_with_config_names_topics_by_the_configured_id(tmp_path: Pat
     assert "topics: home/tesla/garage_left/... (the connector's configured id)" in output
 
 
+@pytest.mark.system
 def test_probe_with_invalid_config_exits_2(bad_config: Path) -> None:
     """An invalid --config is a usage error, before any request."""
     result = run_cli("probe", "127.0.0.1:1", "--config", str(bad_config))
@@ -407,6 +425,7 @@ def test_probe_with_invalid_config_exits_2(bad_config: Path) -> None:
     assert_no_traceback(result)
 
 
+@pytest.mark.system
 def test_probe_rejects_url() -> None:
     """A URL instead of host[:port] is a usage error (exit 2) with one line."""
     result = run_cli("probe", "http://x")
@@ -449,6 +468,7 @@ def get_vitals(port: int) -> dict[str, object]:
     return body
 
 
+@pytest.mark.system
 def test_simulate_serves_units_and_stops_on_sigterm(tmp_path: Path) -> None:
     """``simulate --units 2`` serves vitals on two consecutive ports and exits 0 on SIGTERM."""
     port = two_free_ports()
@@ -484,6 +504,7 @@ def test_simulate_serves_units_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert "Traceback" not in err_path.read_text()
 
 
+@pytest.mark.system
 def test_simulate_rejects_unknown_quirk() -> None:
     """``--quirk bogus`` exits 2 with one error line naming the quirk."""
     result = run_cli("simulate", "--quirk", "bogus", "--port", "0")

@@ -283,6 +283,7 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
     assert {".venv", "tests", ".git"}.isdisjoint(allowed)
 
 
+@pytest.mark.system
 def test_hadolint() -> None:
     """Hadolint finds nothing to complain about in the Dockerfile."""
     hadolint = shutil.which("hadolint") or shutil.which(
@@ -305,6 +306,7 @@ _OFFLINE_SIGNS = (
 )
 
 
+@pytest.mark.system
 def test_wheel_contains_package_and_command(tmp_path: Path) -> None:
     """``pip install .`` material: the wheel holds bridge/ and the twc3-bridge entry point."""
     source = tmp_path / "src"

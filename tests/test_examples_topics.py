@@ -126,6 +126,7 @@ def run_function(func: str, msg: dict[str, Any], workdir: Path) -> Any:
     return json.loads(done.stdout)
 
 
+@pytest.mark.system
 def test_node_red_functions_parse_and_shape_messages(tmp_path: Path) -> None:
     """Each function body parses in node and turns a bridge message into the documented output."""
     if shutil.which("node") is None:

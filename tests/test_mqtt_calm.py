@@ -219,6 +219,7 @@ async def _old_broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     writer.close()
 
 
+@pytest.mark.system
 async def test_a_broker_that_refuses_mqtt5_gets_3_1_1() -> None:
     port = free_port()
     server = await asyncio.start_server(_old_broker, "127.0.0.1", port)

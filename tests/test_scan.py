@@ -542,6 +542,7 @@ async def scan_cli(*args: str) -> tuple[int, str, str]:
     return process.returncode, stdout.decode(), stderr.decode()
 
 
+@pytest.mark.system
 async def test_cli_prints_paste_ready_blocks(tmp_path: Path) -> None:
     """Exit 0, one TOML block per unit with ``host:port``, a summary line on stderr."""
     async with asyncio.timeout(TIMEOUT_S + 10), loopback_lan() as port:
@@ -563,6 +564,7 @@ async def test_cli_prints_paste_ready_blocks(tmp_path: Path) -> None:
     assert len(load_config(config, environ={}).connectors) == 2
 
 
+@pytest.mark.system
 async def test_cli_exits_1_when_nothing_is_found() -> None:
     """Only non-units answer: exit 1, nothing on stdout, the summary on stderr."""
     async with asyncio.timeout(TIMEOUT_S + 10), loopback_lan(with_units=False) as port:
@@ -582,6 +584,7 @@ async def test_cli_exits_1_when_nothing_is_found() -> None:
         (("127.0.0.1", "--timeout", "0"), "error: --timeout"),
     ],
 )
+@pytest.mark.system
 async def test_cli_usage_errors_exit_2_with_one_line(args: tuple[str, ...], message: str) -> None:
     """Too large, garbage or out-of-range options: exit 2 and a single error line."""
     async with asyncio.timeout(TIMEOUT_S + 10):

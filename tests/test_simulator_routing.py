@@ -26,6 +26,7 @@ def routing() -> Iterator[ModuleType]:
 
 
 # The port mode gets a shorter window: its figures are the bench's, the point is that it runs.
+@pytest.mark.system
 @pytest.mark.parametrize(("mode", "seconds"), [("host", 1.0), ("port", 0.5)])
 def test_measure_end_to_end(routing: ModuleType, mode: str, seconds: float) -> None:
     result = routing.measure(mode, 3, seconds, warmup_s=0.2)
