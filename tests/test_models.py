@@ -24,7 +24,8 @@ from tests.conftest import FIXTURES
 
 CAPTURE_FILES = sorted(FIXTURES.glob("*.json"))
 
-# Invented bodies in the layout the docs describe (twc3-api.md §3-4); no real unit's values.
+# Invented bodies in the layout the docs describe (docs/device-api.md, 'Vitals fields' to 'Wi-Fi
+# status fields'); no real unit's values.
 VITALS_25: dict[str, Any] = {
     "contactor_closed": False,
     "vehicle_connected": True,
