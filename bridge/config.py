@@ -126,7 +126,8 @@ class PollingConfig(_Strict):
     wifi_status_s: Seconds = 60.0
     version_s: Seconds = 3600.0
     connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
-    # The unit can take seconds before its first byte (twc3-api.md Q3).
+    # The unit can take seconds before its first byte
+    # (docs/device-api.md, 'Slow and missing answers').
     read_timeout_s: Annotated[float, Field(gt=0, le=120)] = 15.0
     offline_after: Annotated[int, Field(ge=1, le=100)] = 3
     backoff_max_s: Annotated[float, Field(ge=1, le=3600)] = 60.0

@@ -1,7 +1,8 @@
 """Values the unit does not report but people want: power, status, sessions, guarded energy.
 
 Everything here is pure: functions of one vitals sample, or small state objects fed one sample at
-a time with the time passed in. Facts and sources: twc3-api.md §3, §5, §8 (Q1, Q4-Q9).
+a time with the time passed in. Facts and sources: docs/device-api.md
+('Vitals fields', 'evse_state' and the quirks from 'Phantom energy jumps' to 'Counters that reset').
 """
 
 from __future__ import annotations
@@ -19,22 +20,25 @@ from bridge.models import CENTURY_S, Vitals
 
 PhaseMode = Literal["auto", "three_phase", "split_phase", "single_phase"]
 Role = Literal["leader", "follower", "standalone"]
-# A follower joins its leader's own access point (twc3-api.md §9): SSID and address show it.
+# A follower joins its leader's own access point (docs/device-api.md, 'Power sharing'): SSID and
+# address show it.
 LEADER_AP_SSID_PREFIX: Final = "TeslaWallConnector_"
 LEADER_AP_NETWORK: Final = ipaddress.ip_network("192.168.92.0/24")
 Wiring = Literal["three_phase", "split_phase", "single_phase"]
 Status = Literal["disconnected", "connected", "charging"]
 
-TEMPERATURE_SENTINEL_C: Final = 255.0  # "sensor read invalid" (twc3-api.md Q8)
+# What the firmware reports when a sensor read fails (docs/device-api.md, 'Temperature sentinel').
+TEMPERATURE_SENTINEL_C: Final = 255.0
 SPLIT_PHASE_TOLERANCE_V: Final = 25.0  # evcc's |voltageC - grid_v/2| < 25 V heuristic
 LIVE_PHASE_MIN_V: Final = 50.0  # idle noise on an open contactor stays below ~9 V
 DEFAULT_RATED_CURRENT_A: Final = 48.0  # the Gen 3's highest rating (NA 60 A breaker)
 ENERGY_TOLERANCE_WH: Final = 20.0  # rounding and sampling slack in plausibility checks
 PLAUSIBILITY_MARGIN: Final = 1.25
 
-# Names where the published mappings and the telemetry agree (twc3-api.md §5.2). 7 appears for a
-# few seconds on nearly every plug-in: a transition, not an error. 8 and 10 are named in
-# opposite ways by different sources and were never captured, so they stay unknown_<n>.
+# Names where the published mappings and the telemetry agree (docs/device-api.md, 'Published
+# evse_state names'). 7 appears for a few seconds on nearly every plug-in: a transition, not an
+# error. 8 and 10 are named in opposite ways by different sources and were never captured, so
+# they stay unknown_<n>.
 EVSE_STATE_NAMES: Final[dict[int, str]] = {
     0: "booting",
     1: "not_connected",
@@ -45,7 +49,7 @@ EVSE_STATE_NAMES: Final[dict[int, str]] = {
     9: "waiting_car",
     11: "charging",
 }
-# The only alert code with a documented meaning (twc3-api.md §3, zebraengine alert_codes.json).
+# The only alert code with a documented meaning (docs/device-api.md, 'Vitals fields').
 ALERT_NAMES: Final[dict[int, str]] = {40: "handle_temperature_derate"}
 
 
@@ -88,7 +92,10 @@ def detect_wiring(vitals: Vitals) -> Wiring | None:
 
 
 def current_a(vitals: Vitals) -> float:
-    """Current to the car; 0 while the contactor is open (idle readings are noise, Q7)."""
+    """Current to the car; 0 while the contactor is open.
+
+    Idle readings are noise (docs/device-api.md, 'Idle noise').
+    """
     if not vitals.contactor_closed or vitals.vehicle_current_a is None:
         return 0.0
     return max(0.0, vitals.vehicle_current_a)
@@ -98,7 +105,7 @@ def power_w(vitals: Vitals, wiring: Wiring) -> float:
     """Apparent power delivered, in W; 0 unless the contactor is closed.
 
     Three-phase sums V×I per phase; split and single phase use grid_v × vehicle_current_a (the
-    per-phase sum over-reads ~30 % on split phase, twc3-api.md Q4).
+    per-phase sum over-reads ~30 % on split phase, docs/device-api.md, 'Computing power').
     """
     if not vitals.contactor_closed:
         return 0.0
@@ -360,14 +367,17 @@ LIFETIME_REBASE_AFTER: Final = 3  # readings in a row below the reference: a gen
 
 @dataclass
 class LifetimeGuard:
-    """The unit's lifetime ``energy_wh``, with its known phantom jumps kept out (Q1).
+    """The unit's lifetime ``energy_wh``, with its known phantom jumps kept out.
+
+    See docs/device-api.md, 'Phantom energy jumps'.
 
     An increase larger than the unit can deliver since the last accepted one, or an increase while
     the contactor has stayed open since then, is rejected. If the next reading stays at or above
     it, the jump persisted and is never added (the reference moves past it); if it falls back, it
     was a one-sample spike and is forgotten. A decrease is rejected and the reference stays, so a
     dip and its recovery add nothing; only several readings in a row below it (a reset of the
-    counter, Q9) move the reference down. The guarded value never decreases.
+    counter, docs/device-api.md, 'Counters that reset') move the reference down. The guarded value
+    never decreases.
     """
 
     guarded_wh: float | None = None

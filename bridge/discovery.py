@@ -2,8 +2,8 @@
 
 Everything here is pure: given what is known about a unit, return ``{config topic: payload}``.
 Payloads use full key names and only keys that Home Assistant's discovery schema accepts
-(mqtt-conventions.md §1.3-§1.8), so openHAB's Home Assistant binding, which runs that schema,
-accepts them too.
+(home-assistant/core, homeassistant/components/mqtt/schemas.py), so openHAB's Home Assistant
+binding, which runs that schema, accepts them too.
 """
 
 from __future__ import annotations

@@ -159,7 +159,8 @@ ENTITIES: Final[tuple[Entity, ...]] = (
     _current("vitals", "currentA_a", "Phase A current"),
     _current("vitals", "currentB_a", "Phase B current"),
     _current("vitals", "currentC_a", "Phase C current"),
-    # Flickers between 0 and the full current on 2025 firmware (twc3-api.md §3): rarely useful.
+    # Flickers between 0 and the full current on 2025 firmware (docs/device-api.md, 'Vitals
+    # fields'): rarely useful.
     _current("vitals", "currentN_a", "Neutral current", enabled=False),
     _voltage("vitals", "voltageA_v", "Phase A voltage"),
     _voltage("vitals", "voltageB_v", "Phase B voltage"),
@@ -235,7 +236,8 @@ ENTITIES: Final[tuple[Entity, ...]] = (
         state_class="total_increasing",
         precision=0,
         category="diagnostic",
-        # The unit's counter jumps while nothing charges (twc3-api.md Q1): not for the dashboard.
+        # The unit's counter jumps while nothing charges (docs/device-api.md, 'Phantom energy
+        # jumps'): not for the dashboard.
         enabled=False,
     ),
     _counter("connector_cycles", "Connector cycles"),
@@ -361,7 +363,8 @@ ENTITIES: Final[tuple[Entity, ...]] = (
         "Energy",
         device_class="energy",
         unit="Wh",
-        # Built by the bridge from session increases: never decreases, never jumps (Q1).
+        # Built by the bridge from session increases: never decreases, never jumps
+        # (docs/device-api.md, 'Phantom energy jumps').
         state_class="total_increasing",
         precision=0,
     ),

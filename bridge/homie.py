@@ -1,6 +1,6 @@
 """Homie 4 publishing, so openHAB's Homie binding finds the connectors without Home Assistant.
 
-Layout (mqtt-conventions.md §3.2): one Homie device for the bridge (one MQTT connection may
+Layout (Homie convention 4.0): one Homie device for the bridge (one MQTT connection may
 publish only one device), one node per connector, one property per known value of that unit.
 Everything goes through the :class:`~bridge.outbox.Outbox` (retained, QoS 1).
 

@@ -1,10 +1,11 @@
 """Typed views of the four Wall Connector endpoints, tolerant of every firmware generation.
 
-Every key is optional (keys come and go with firmware, twc3-api.md §4.4), unknown keys are kept
+Every key is optional (keys come and go with firmware, docs/device-api.md), unknown keys are kept
 (``extra="allow"``), and a value of the wrong type makes only that field ``None``: one odd field
 never costs the rest of the body. The physical bounds of every typed field live here too: a value
 outside them (an uptime of 2**64 s, a grid voltage of 1e308) is ``None`` in the model, so derived
 values treat it as unknown, while the raw body (``ParsedBody.fields``) keeps it for its own topic.
+Which firmware sends which keys: docs/device-api.md, 'Fields by firmware'.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class _Body(BaseModel):
 
 
 class Vitals(_Body):
-    """``/api/1/vitals``: live state of the charger (twc3-api.md §3)."""
+    """``/api/1/vitals``: live state of the charger (docs/device-api.md, 'Vitals fields')."""
 
     contactor_closed: bool | None = None
     vehicle_connected: bool | None = None
@@ -89,13 +90,14 @@ class Vitals(_Body):
     session_energy_wh: WattHours | None = None
     config_status: Code | None = None
     evse_state: Code | None = None
-    # Numeric IDs on modern firmware, placeholder strings in old fixtures (twc3-api.md §3).
+    # Numeric IDs on modern firmware, placeholder strings in old fixtures
+    # (docs/device-api.md, 'Vitals fields').
     current_alerts: list[Code | str] | None = None
     evse_not_ready_reasons: list[Code] | None = None
 
 
 class Lifetime(_Body):
-    """``/api/1/lifetime``: counters over the unit's life (twc3-api.md §4.1)."""
+    """``/api/1/lifetime``: the unit's life counters (docs/device-api.md, 'Lifetime fields')."""
 
     contactor_cycles: Count | None = None
     contactor_cycles_loaded: Count | None = None
@@ -110,7 +112,7 @@ class Lifetime(_Body):
 
 
 class Version(_Body):
-    """``/api/1/version``: identity and firmware (twc3-api.md §4.2)."""
+    """``/api/1/version``: identity and firmware (docs/device-api.md, 'Version fields')."""
 
     firmware_version: str | None = None
     part_number: str | None = None
@@ -120,7 +122,7 @@ class Version(_Body):
 
 
 class WifiStatus(_Body):
-    """``/api/1/wifi_status``: the unit's Wi-Fi link (twc3-api.md §4.3)."""
+    """``/api/1/wifi_status``: the unit's Wi-Fi link (docs/device-api.md, 'Wi-Fi status fields')."""
 
     wifi_ssid: str | None = None
     wifi_signal_strength: Percent | None = None

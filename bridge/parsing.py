@@ -1,7 +1,7 @@
 """Tolerant decoding of Wall Connector response bodies into normalised JSON objects.
 
-Firmware sends bodies that strict JSON parsers refuse (twc3-api.md Q2): bare ``nan``/``inf``
-tokens, a missing final ``}``, and ``-0.0``. Everything here is pure and raises only
+Firmware sends bodies that strict JSON parsers refuse (docs/device-api.md, 'Invalid JSON'): bare
+``nan``/``inf`` tokens, a missing final ``}``, and ``-0.0``. Everything here is pure and raises only
 :class:`ParseError`, whatever bytes arrive.
 """
 

@@ -64,7 +64,7 @@ VERSION_PATH: Final = "/api/1/version"
 WIFI_STATUS_PATH: Final = "/api/1/wifi_status"
 _API_PREFIX: Final = "/api/1/"
 
-# Timings seen in the traces (twc3-api.md §5, §6).
+# Timings seen in the traces (docs/device-api.md, 'evse_state' and 'Not-ready reasons').
 UNPLUG_LATCH_S: Final = 2.0
 RECENT_UNPLUG_S: Final = 3.0
 BOOT_NOT_READY_S: Final = 35.0
@@ -162,7 +162,9 @@ class Scenario:
 
 @dataclass(slots=True)
 class Quirks:
-    """Misbehaviour of a unit, as documented in twc3-api.md Q2, Q3 and Q8.
+    """Misbehaviour of a unit, as documented in docs/device-api.md.
+
+    Sections 'Invalid JSON', 'Slow and missing answers' and 'Temperature sentinel'.
 
     Probabilities (0..1) are drawn per request from the unit's seeded RNG.
 
@@ -714,7 +716,8 @@ class SimulatedUnit:
             return self._loaded_electrical(self._current_at(now - self._closed_at))
         lagging = self._opened_at is not None and now - self._opened_at < CONTACTOR_LAG_S
         if lagging and self.wiring == "na_split_phase":
-            # twc3-api.md Q5: right after the contactor opens, per-phase values lag one sample.
+            # docs/device-api.md, 'Split-phase layouts': right after the contactor opens, per-phase
+            # values lag one sample.
             stale = self._loaded_electrical(self._lag_current_a * 0.9)
             idle = self._idle_electrical()
             return stale._replace(vehicle_current_a=idle.vehicle_current_a)

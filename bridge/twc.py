@@ -318,7 +318,8 @@ class TwcClient:
     """Reads one unit's endpoints over its own single connection.
 
     Each unit gets its own client: one shared pool scans every connection on every request and
-    collapses with many units (perf-anchors.md §3). httpx is the request/response API and the test
+    collapses with many units (measured: 1,276 requests/s with 1 in flight, 166 with 50).
+    httpx is the request/response API and the test
     seam (an injected ``httpx.MockTransport``); the network I/O is :class:`_Http11Transport`'s.
     The transport is called directly: redirects, cookies and auth are not wanted here.
     """

@@ -15,8 +15,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-CAPTURES = SHARED / "captures"
+# Real bodies and vitals traces from public sources, identifiers made up (see fixtures/README.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TRACES = FIXTURES / "traces"
 
 
 def free_port() -> int:

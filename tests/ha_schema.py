@@ -1,9 +1,9 @@
-"""Home Assistant's MQTT discovery rules as plain checks, for tests (mqtt-conventions.md §1).
+"""Home Assistant's MQTT discovery rules as plain checks, for tests (HA's mqtt component).
 
 Every function returns human-readable problems; an empty list means Home Assistant accepts the
 payload *and* it follows this project's own rules. Each problem starts with a label:
 
-- ``rejected:`` Home Assistant refuses the payload (or the entity) with this problem (§1.8).
+- ``rejected:`` Home Assistant refuses the payload (or the entity) with this problem.
 - ``hygiene:`` Home Assistant accepts it (dropping a key, warning at run time, or replacing a
   value), but we do not want to publish it.
 
@@ -32,7 +32,7 @@ SUPPORTED_COMPONENTS: Final = frozenset(
     }
 )  # fmt: skip
 
-# §1.3: MQTT_ENTITY_COMMON_SCHEMA + MQTT_RO_SCHEMA, full names only.
+# schemas.py MQTT_ENTITY_COMMON_SCHEMA + MQTT_RO_SCHEMA, full names only.
 COMMON_ENTITY_KEYS: Final = frozenset(
     {
         "state_topic", "value_template", "unique_id", "default_entity_id", "name", "device",
@@ -65,7 +65,7 @@ ENTITY_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "binary_sensor": BINARY_SENSOR_KEYS,
 }
 
-# §1.4
+# schemas.py _MQTT_DEVICE_INFO_SCHEMA_BASE and MQTT_ORIGIN_INFO_SCHEMA
 DEVICE_KEYS: Final = frozenset(
     {
         "identifiers", "connections", "manufacturer", "model", "model_id", "name", "hw_version",
@@ -74,7 +74,7 @@ DEVICE_KEYS: Final = frozenset(
 )  # fmt: skip
 ORIGIN_KEYS: Final = frozenset({"name", "sw_version", "support_url"})
 
-# §1.5
+# schemas.py and entity.py MqttAvailabilityMixin
 AVAILABILITY_ENTRY_KEYS: Final = frozenset(
     {"topic", "payload_available", "payload_not_available", "value_template"}
 )
@@ -83,7 +83,8 @@ AVAILABILITY_TOPIC_KEYS: Final = frozenset(
     {"availability_topic", "availability_template", "payload_available", "payload_not_available"}
 )
 
-# §1.2: the only root keys of a device-based payload (apart from the 2026.x-only ones we avoid).
+# schemas.py DEVICE_DISCOVERY_SCHEMA: the only root keys of a device-based payload (apart from
+# the 2026.x-only ones we avoid).
 DEVICE_ROOT_KEYS: Final = frozenset(
     {
         "device", "origin", "components", "state_topic", "command_topic", "qos", "encoding",
@@ -105,7 +106,7 @@ SHARED_OPTIONS: Final = (
     "encoding",
 )
 
-# §1.7: sensor/const.py DEVICE_CLASS_UNITS and DEVICE_CLASS_STATE_CLASSES, for the classes used.
+# sensor/const.py DEVICE_CLASS_UNITS and DEVICE_CLASS_STATE_CLASSES, for the classes used.
 STATE_CLASSES: Final = frozenset({"measurement", "total", "total_increasing"})
 _MEASUREMENT: Final = frozenset({"measurement"})
 SENSOR_DEVICE_CLASS_UNITS: Final[Mapping[str, frozenset[str]]] = {
@@ -200,7 +201,7 @@ def _is_int(value: object, minimum: int) -> bool:
 
 
 def problems_in_device_block(device: object) -> list[str]:
-    """Problems in a ``device`` block (§1.4; strict schema: unknown keys reject the entity)."""
+    """Problems in a ``device`` block (strict schema: unknown keys reject the entity)."""
     if not isinstance(device, dict):
         return ["rejected: device must be an object"]
     problems = [
@@ -268,7 +269,7 @@ def problems_in_origin(origin: object) -> list[str]:
 
 
 def problems_in_availability(payload: Mapping[str, Any]) -> list[str]:
-    """Problems in the availability keys of an entity or device payload (§1.5)."""
+    """Problems in the availability keys of an entity or device payload (MqttAvailabilityMixin)."""
     problems: list[str] = []
     if "availability" in payload:
         if any(key in payload for key in AVAILABILITY_TOPIC_KEYS):

@@ -14,7 +14,8 @@ from bridge.models import Endpoint, ParsedBody, Vitals, parse_endpoint
 
 NOW = 1_766_520_000.0  # 2025-12-23T20:00:00Z
 
-# Invented bodies in the documented layouts (twc3-api.md §3-4); no real unit's values.
+# Invented bodies in the documented layouts (docs/device-api.md, 'Vitals fields' to 'Wi-Fi status
+# fields'); no real unit's values.
 CHARGING: dict[str, Any] = {
     "contactor_closed": True,
     "vehicle_connected": True,

@@ -34,7 +34,8 @@ from bridge.derived import (
 )
 from bridge.models import Vitals
 
-# Invented samples in the layouts twc3-api.md §3 and Q4/Q5 describe; no real unit's values.
+# Invented samples in the layouts docs/device-api.md describes
+# ('Vitals fields', 'Computing power', 'Split-phase layouts'); no real unit's values.
 EU_16A = Vitals(
     contactor_closed=True,
     vehicle_connected=True,
@@ -101,7 +102,8 @@ IDLE_NOISE = Vitals(
     voltageB_v=5.4,
     voltageC_v=2.1,
 )
-# The sample right after the contactor opened: per-phase values still show the charge (Q5).
+# The sample right after the contactor opened: per-phase values still show the charge
+# (docs/device-api.md, 'Split-phase layouts').
 JUST_OPENED = Vitals(
     contactor_closed=False,
     vehicle_connected=True,
@@ -540,7 +542,7 @@ def test_glitch_after_a_poll_gap_does_not_freeze_the_total() -> None:
     """Unit silent 60 s while charging at 9.6 kW, first answer a glitch: later samples count."""
     feeder = Feeder()
     feeder.feed(1_000.0, session_s=500)
-    feeder.feed(9.9e6, dt=60.0)  # the first answer after 60 s of timeouts (Q3) is a glitch
+    feeder.feed(9.9e6, dt=60.0)  # the first answer after 60 s of timeouts is a glitch
     for step in range(1, 11):  # then every 5 s at 9.6 kW
         feeder.feed(1_000.0 + 9_600 * (60 + 5 * step) / 3600)
     assert feeder.energy.total_wh == pytest.approx(9_600 * 110 / 3600)
@@ -683,7 +685,10 @@ def test_lifetime_increase_above_rated_power_is_rejected() -> None:
 
 
 def test_lifetime_bulk_update_after_a_session_is_accepted() -> None:
-    """Q1: lifetime jumps once after the session; accepted as the contactor closed meanwhile."""
+    """Lifetime jumps once after the session; accepted as the contactor closed meanwhile.
+
+    docs/device-api.md, 'Phantom energy jumps'.
+    """
     guard = LifetimeGuard()
     guard.update(2_000_000.0, 0.0, SPLIT_MAX_W)
     t = 0.0

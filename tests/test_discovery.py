@@ -510,7 +510,7 @@ SENSOR_PROBLEMS: Final[list[tuple[dict[str, Any], str]]] = [
 
 @pytest.mark.parametrize(("payload", "expected"), SENSOR_PROBLEMS)
 def test_checker_flags_bad_sensor_payloads(payload: dict[str, Any], expected: str) -> None:
-    """The checker reports each §1.8 rejection (and our own rules) on an otherwise good sensor."""
+    """The checker reports each schema rejection (and our own rules) on an otherwise good sensor."""
     problems = problems_in_entity_config("sensor", payload)
     assert any(expected in problem for problem in problems), problems
 

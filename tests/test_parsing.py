@@ -1,4 +1,7 @@
-"""decode_body: the tolerant reader for the invalid JSON Wall Connectors send (twc3-api.md Q2)."""
+"""decode_body: the tolerant reader for the invalid JSON Wall Connectors send.
+
+See docs/device-api.md, 'Invalid JSON'.
+"""
 
 from __future__ import annotations
 

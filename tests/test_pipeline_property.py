@@ -37,7 +37,8 @@ class Raw(str):
     __slots__ = ()
 
 
-# Firmware's non-finite tokens (twc3-api.md Q2), Python's, and an integer past the digit limit.
+# Firmware's non-finite tokens (docs/device-api.md, 'Invalid JSON'), Python's, and an integer past
+# the digit limit.
 RAW_TOKENS = ("nan", "-nan", "inf", "-inf", "NaN", "Infinity", "-Infinity", "9" * 5000)
 KNOWN_KEYS: Mapping[Endpoint, tuple[str, ...]] = {
     endpoint: tuple(

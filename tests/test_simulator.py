@@ -163,7 +163,10 @@ def lifetime(unit: SimulatedUnit) -> dict[str, Any]:
 
 
 def true_power_w(sample: dict[str, Any], wiring: Wiring) -> float:
-    """What a correct consumer computes (twc3-api.md Q4), gated on the contactor."""
+    """What a correct consumer computes, gated on the contactor.
+
+    See docs/device-api.md, 'Computing power'.
+    """
     if not sample["contactor_closed"]:
         return 0.0
     if wiring == "na_split_phase":

@@ -1,8 +1,7 @@
 """Replay of the recorded vitals traces through UnitDerivation, checked against the raw bodies.
 
-The traces live outside the project (``../shared/captures/traces``, see its README.source.txt) and
-are read in place; every expectation is computed here from the raw JSON, independently of the
-bridge's parser and derivation.
+The traces are in ``tests/fixtures/traces`` (their origin is in README.source.txt there); every
+expectation is computed here from the raw JSON, independently of the bridge's parser and derivation.
 """
 
 from __future__ import annotations
@@ -20,9 +19,9 @@ import pytest
 from bridge.derivation import UnitDerivation
 from bridge.derived import Event
 from bridge.models import parse_endpoint
+from tests.conftest import TRACES
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "captures" / "traces"
-TRACE_FILES = sorted(TRACES.glob("*.log")) if TRACES.is_dir() else []
+TRACE_FILES = sorted(TRACES.glob("*.log"))
 MARKER = " [INFO] vitals: "
 
 
@@ -30,9 +29,7 @@ def _trace_id(path: Path) -> str:
     return path.name.removeprefix("vitals-trace_winksaville_").split(".")[0]
 
 
-TRACE_PARAMS = [pytest.param(path, id=_trace_id(path)) for path in TRACE_FILES] or [
-    pytest.param(None, marks=pytest.mark.skip(reason=f"no traces in {TRACES}"), id="absent")
-]
+TRACE_PARAMS = [pytest.param(path, id=_trace_id(path)) for path in TRACE_FILES]
 
 
 @dataclass(frozen=True)
@@ -79,9 +76,7 @@ def replay(*paths: Path) -> tuple[Step, ...]:
 
 def _trace(fragment: str) -> Path:
     matches = [path for path in TRACE_FILES if fragment in path.name]
-    if not matches:
-        pytest.skip(f"trace *{fragment}* not found in {TRACES}")
-    assert len(matches) == 1, matches
+    assert len(matches) == 1, f"one trace *{fragment}* expected in {TRACES}, found {matches}"
     return matches[0]
 
 
@@ -137,6 +132,12 @@ def _live(raw: dict[str, Any]) -> bool:
     """Contactor closed and the output voltages real (not the few volts of idle noise)."""
     volts = (raw["voltageA_v"], raw["voltageB_v"], raw["voltageC_v"])
     return bool(raw["contactor_closed"]) and max(volts) >= 100.0
+
+
+def test_all_traces_are_present() -> None:
+    """Ten traces: eight of the first unit, two of the second (an empty glob would test nothing)."""
+    assert len(TRACE_FILES) == 10
+    assert sum("tt-" in path.name for path in TRACE_FILES) == 2
 
 
 # --- every trace --------------------------------------------------------------------------------
@@ -286,8 +287,7 @@ def test_files_after_a_reboot_report_last_boot(fragment: str, uptime: int) -> No
 
 def _same_unit_in_time_order(second_unit: bool) -> tuple[Path, ...]:
     files = [path for path in TRACE_FILES if ("tt-" in path.name) == second_unit]
-    if len(files) < 2:
-        pytest.skip("needs at least two traces of one unit")
+    assert len(files) >= 2, "needs at least two traces of one unit"
     return tuple(sorted(files, key=lambda path: _lines(path)[0][0]))
 
 
