@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import aiomqtt
-import paho.mqtt.client as paho
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -61,13 +60,24 @@ def test_only_the_fast_path_module_reaches_into_library_internals() -> None:
 # --- falling back --------------------------------------------------------------------------------
 
 
+def crippled_client(monkeypatch: pytest.MonkeyPatch, sock_close: object) -> aiomqtt.Client:
+    """A client whose paho client has ``sock_close`` for ``_sock_close``.
+
+    Patched on the instance, which ``monkeypatch`` holds until it restores it: paho calls
+    ``_sock_close`` when the client is collected.
+    """
+    client = client_for(mqtt5=False)
+    monkeypatch.setattr(paho_client(client), "_sock_close", sock_close)
+    return client
+
+
 async def test_a_missing_internal_means_the_plain_publisher_with_one_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.delattr(paho.Client, "_sock_close")
-    assert fast_path_missing(client_for(mqtt5=False)) == "paho.Client has no _sock_close()"
+    missing = fast_path_missing(crippled_client(monkeypatch, None))
+    assert missing == "paho.Client has no _sock_close()"
     choice = PublisherChoice()
-    publishers = [choice.for_client(client_for(mqtt5=False)) for _ in range(3)]
+    publishers = [choice.for_client(crippled_client(monkeypatch, None)) for _ in range(3)]
     assert [p.name for p in publishers] == ["plain"] * 3
     warnings = [r.getMessage() for r in caplog.records if r.name == "bridge.mqtt_fastpath"]
     assert len(warnings) == 1, warnings
@@ -78,13 +88,12 @@ async def test_a_missing_internal_means_the_plain_publisher_with_one_warning(
 async def test_a_changed_signature_means_the_plain_publisher(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def sock_close(self: paho.Client, how: int) -> None:  # noqa: ARG001 - only its signature counts
+    def sock_close(how: int) -> None:  # noqa: ARG001 - only its signature counts
         raise AssertionError("never called")
 
-    monkeypatch.setattr(paho.Client, "_sock_close", sock_close)
-    missing = fast_path_missing(client_for(mqtt5=True))
+    missing = fast_path_missing(crippled_client(monkeypatch, sock_close))
     assert missing == "paho.Client._sock_close() takes ('how',), not ()"
-    assert PublisherChoice().for_client(client_for(mqtt5=True)).name == "plain"
+    assert PublisherChoice().for_client(crippled_client(monkeypatch, sock_close)).name == "plain"
 
 
 async def test_an_aiomqtt_without_a_paho_client_means_the_plain_publisher(
