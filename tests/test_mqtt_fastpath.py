@@ -192,3 +192,27 @@ def test_frames_match_paho_for_any_text(
 @pytest.mark.parametrize("topic", ["", "a/+/b", "a/#", "a\x00b", "t" * 70_000])
 def test_topics_paho_must_judge_are_not_framed_by_us(topic: str) -> None:
     assert frame_publish(topic, "1", retain=True) is None
+
+
+# --- the bench compares both ---------------------------------------------------------------------
+
+
+def test_bench_can_measure_the_plain_publisher(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bridge import bench, cli  # noqa: PLC0415 - the bench is imported by its command only
+
+    async def reachable(*_: object) -> None:
+        return None
+
+    seen: dict[str, object] = {}
+
+    async def run_bench(**arguments: object) -> dict[str, object]:
+        seen.update(arguments)
+        raise bench.BenchChildError("stopped here")
+
+    monkeypatch.setattr(bench, "_broker_reachable", reachable)
+    monkeypatch.setattr(bench, "run_bench", run_bench)
+    argv = ["bench", "--broker", "127.0.0.1:1", "--units", "1", "--seconds", "1"]
+    assert cli.main([*argv, "--publisher", "plain"]) == 1
+    assert seen.pop("publisher") == "plain"
+    assert cli.main(argv) == 1
+    assert seen.pop("publisher") == "auto"
