@@ -17,11 +17,12 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 
 # Dependencies first, from pyproject.toml alone: this layer is rebuilt only when they change,
-# not on every code edit.
-COPY pyproject.toml ./
+# not on every code edit. constraints.txt pins every one of them (and theirs): the image gets
+# the versions the tests ran with.
+COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt
+    && pip install --no-cache-dir -c constraints.txt -r /tmp/requirements.txt
 
 # Then the package itself (README.md is the project's long description).
 COPY README.md ./

@@ -64,6 +64,7 @@ from bridge.config import (
 )
 from bridge.models import Endpoint
 from bridge.mqtt import MqttLink, MqttUnavailableError, delete_retained, subscribe
+from bridge.mqtt_fastpath import PublisherSetting
 from bridge.outbox import Message, Outbox
 from bridge.twc import TwcClient, TwcError, http_transport
 
@@ -279,11 +280,20 @@ def _rss_mb() -> float:
 
 
 def _bridge_config(
-    units: _Units, *, host: str, port: int, interval: float, data_dir: Path, discovery: str
+    units: _Units,
+    *,
+    host: str,
+    port: int,
+    interval: float,
+    data_dir: Path,
+    discovery: str,
+    publisher: PublisherSetting = "auto",
 ) -> BridgeConfig:
     return BridgeConfig(
         bridge=BridgeSection(data_dir=data_dir),
-        mqtt=MqttConfig(host=host, port=port, base_topic=BASE_TOPIC, client_id=RUN_ID),
+        mqtt=MqttConfig(
+            host=host, port=port, base_topic=BASE_TOPIC, client_id=RUN_ID, publisher=publisher
+        ),
         homeassistant=HomeAssistantConfig(discovery=discovery, discovery_prefix=DISCOVERY_PREFIX),
         polling=PollingConfig(
             vitals_s=interval,
@@ -428,6 +438,7 @@ async def run_bench(
     port: int,
     interval: float = 1.0,
     discovery: str = "entity",
+    publisher: PublisherSetting = "auto",
     warmup_max_s: float = 60.0,
     baselines: tuple[str, ...] = BASELINES,
 ) -> dict[str, Any]:
@@ -453,6 +464,7 @@ async def run_bench(
                 interval=interval,
                 data_dir=Path(data_dir),
                 discovery=discovery,
+                publisher=publisher,
             )
             bridge, start, end, created = await _measure_bridge(
                 config, simulated, seconds, warmup_max_s
@@ -557,6 +569,7 @@ def bench_main(
     json_path: Path | None,
     discovery: str,
     baselines: tuple[str, ...] = BASELINES,
+    publisher: PublisherSetting = "auto",
 ) -> int:
     """Run the benchmark, print the table, optionally write the JSON; returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -574,6 +587,7 @@ def bench_main(
                 interval=interval,
                 discovery=discovery,
                 baselines=baselines,
+                publisher=publisher,
             )
         )
     except BenchChildError as error:

@@ -247,6 +247,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         json_path=Path(args.json) if args.json else None,
         discovery=args.discovery,
         baselines=BENCH_BASELINES[args.baseline],
+        publisher=args.publisher,
     )
 
 
@@ -350,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="both",
         help="baselines to measure after the bridge: bare (httpx and aiomqtt used directly), "
         "matched (the bridge's own HTTP client and MQTT link), both (default) or none",
+    )
+    bench.add_argument(
+        "--publisher",
+        choices=["auto", "plain"],
+        default="auto",
+        help="the measured bridge's [mqtt] publisher: auto (the fast path, default) or plain "
+        "(aiomqtt's public publish only), to compare them",
     )
     bench.set_defaults(handler=cmd_bench)
     return parser

@@ -73,6 +73,10 @@ class MqttConfig(_Strict):
     max_message_bytes: Annotated[int, Field(ge=1024, le=MAX_MQTT_PACKET_BYTES)] = 256 * 1024
     # "auto": MQTT 5 (which tells the broker's maximum packet size), 3.1.1 if the broker refuses it.
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    # "plain": publish through aiomqtt's public API only (slower; for comparison and as a way
+    # out should the fast path misbehave). "auto" uses the fast path when the installed aiomqtt
+    # and paho still have what it needs (bridge/mqtt_fastpath.py), else the plain one.
+    publisher: Literal["auto", "plain"] = "auto"
 
     @model_validator(mode="before")
     @classmethod

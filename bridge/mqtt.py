@@ -1,11 +1,9 @@
 """The MQTT side: connect, reconnect with backoff, drain the outbox, publish ``offline`` on exit.
 
-This is the only module that imports aiomqtt (and paho, underneath it), so a move to aiomqtt 3
-touches one file. What it uses beyond their public API, all pinned and guarded by tests: aiomqtt's
-paho client (``_client``, in :func:`paho_client`); paho's ``_packet_queue`` (raw QoS 0 frames, MQTT
-3.1.1 and 5); paho's ``_sock_close`` (closing a failed attempt for good, :func:`connection`); and
-the paho ``on_connect`` / ``on_disconnect`` callbacks aiomqtt installs, wrapped to read CONNACK's
-Maximum Packet Size and a DISCONNECT's reason (:func:`listen_to_broker`).
+This module uses aiomqtt's public API only. How a chunk reaches the broker (and what the broker
+says about a connection) goes through a :class:`~bridge.mqtt_fastpath.Publisher`: every use of
+aiomqtt's and paho's internals lives in :mod:`bridge.mqtt_fastpath`, with a plain public-API
+publisher beside the fast one, so a move to aiomqtt 3 touches that module only.
 """
 
 from __future__ import annotations
@@ -15,23 +13,25 @@ import contextlib
 import logging
 import socket
 import ssl
-import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
 import aiomqtt
-import paho.mqtt.client as paho
 from aiomqtt.exceptions import MqttConnectError
 
 from bridge.backoff import Backoff
 from bridge.config import MqttConfig
+from bridge.mqtt_fastpath import (
+    PUBLISH_TIMEOUT_S,
+    BrokerSays,
+    Publisher,
+    PublisherChoice,
+)
 from bridge.outbox import Message, Outbox
 
 logger = logging.getLogger(__name__)
 
-PUBLISH_TIMEOUT_S: Final = 10.0
 # Messages handed to paho per chunk before one awaited QoS 1 publish confirms them all. It bounds
 # what sits in paho's send queue (and what a broker outage can leave unconfirmed) to one chunk.
 MAX_BATCH: Final = 500
@@ -49,8 +49,6 @@ SHORT_CONNECTIONS_TO_REPORT: Final = 3
 # A drop this soon after a message was handed over (and before a barrier confirmed it) may be
 # the broker refusing that message.
 BLAME_WINDOW_S: Final = 5.0
-# MQTT 5 DISCONNECT reason: another connection took this client id's session.
-SESSION_TAKEN_OVER: Final = 0x8E
 # CONNACK reason codes that mean "not this protocol version" (3.1.1's 1 is read as 0x84 by paho).
 _PROTOCOL_REFUSALS: Final = frozenset({0x01, 0x81, 0x82, 0x84})
 ONLINE: Final = "online"
@@ -103,86 +101,22 @@ def make_client(
         tls_context=tls_context,
         tls_insecure=bool(config.tls and config.tls.insecure) if tls_context else None,
         timeout=timeout_s,
+        # Nagle off: a chunk's many small packets leave the socket unacknowledged, and the
+        # barrier at its end would wait for the broker's delayed ACK (~40 ms on Linux) each time.
+        socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         protocol=aiomqtt.ProtocolVersion.V5
         if (config.protocol == "5" if mqtt5 is None else mqtt5)
         else aiomqtt.ProtocolVersion.V311,
     )
 
 
-@dataclass
-class BrokerSays:
-    """What the broker told about one connection (MQTT 5 only; 3.1.1 has no such fields)."""
-
-    maximum_packet_size: int | None = None
-    connack_seen: bool = False
-    closed_before_connack: bool = False
-    disconnect_reason: str | None = None
-    taken_over: bool = False
-
-
-def listen_to_broker(client: aiomqtt.Client) -> BrokerSays:
-    """Record CONNACK's Maximum Packet Size and a broker DISCONNECT's reason for ``client``.
-
-    aiomqtt 2 drops both (its paho callbacks ignore ``properties`` and the DISCONNECT reason), so
-    this wraps the paho ``on_connect`` / ``on_disconnect`` callbacks aiomqtt installed (public paho
-    properties; the paho client comes from :func:`paho_client`) and then calls aiomqtt's own.
-    """
-    inner = paho_client(client)
-    says = BrokerSays()
-    aiomqtt_on_connect = inner.on_connect
-    aiomqtt_on_disconnect = inner.on_disconnect
-
-    def on_connect(*args: Any) -> None:  # noqa: ANN401 - paho's v2 callback signature
-        says.connack_seen = True
-        properties = args[4] if len(args) > 4 else None  # noqa: PLR2004 - paho's v2 signature
-        size = getattr(properties, "MaximumPacketSize", None)
-        if isinstance(size, int) and size > 0:
-            says.maximum_packet_size = size
-        if aiomqtt_on_connect is not None:
-            aiomqtt_on_connect(*args)
-
-    def on_disconnect(*args: Any) -> None:  # noqa: ANN401 - paho's v2 callback signature
-        flags, reason = args[2], args[3]
-        if not says.connack_seen:
-            says.closed_before_connack = True
-        if getattr(flags, "is_disconnect_packet_from_server", False) and reason is not None:
-            says.disconnect_reason = str(reason)
-            says.taken_over = getattr(reason, "value", None) == SESSION_TAKEN_OVER
-        if aiomqtt_on_disconnect is not None:
-            aiomqtt_on_disconnect(*args)
-
-    inner.on_connect = on_connect
-    inner.on_disconnect = on_disconnect
-    return says
-
-
-def _abandon(client: aiomqtt.Client) -> None:
-    """Close a connection attempt that failed, so no late CONNACK can revive it.
-
-    aiomqtt leaves the socket of an attempt that timed out open: a stalled broker that wakes up
-    answers it, takes the session (same client id) from the live connection, and the attempt's
-    "Unexpected disconnection" lands in a future nobody awaits ("Future exception was never
-    retrieved" at exit). The socket is reset (not closed with FIN, after which the broker would
-    still read the queued CONNECT) through paho's ``_sock_close``, which also tells aiomqtt to
-    stop watching it.
-    """
-    inner = paho_client(client)
-    inner.on_connect = None
-    inner.on_disconnect = None
-    sock = inner.socket()
-    if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    inner._sock_close()  # noqa: SLF001 - paho has no public "drop this socket now"
-
-
 @contextlib.asynccontextmanager
-async def connection(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Client]:
-    """``async with client``, but an attempt that fails (or is cancelled) is closed for good."""
+async def connection(client: aiomqtt.Client, publisher: Publisher) -> AsyncIterator[aiomqtt.Client]:
+    """``async with client``, but an attempt that fails (or is cancelled) is abandoned."""
     try:
         await client.__aenter__()
     except BaseException:
-        _abandon(client)
+        publisher.abandon()
         raise
     try:
         yield client
@@ -200,144 +134,12 @@ def refused_the_protocol(error: BaseException, says: BrokerSays) -> bool:
     return says.closed_before_connack
 
 
-def paho_client(client: aiomqtt.Client) -> paho.Client:
-    """The paho client inside ``client``, for publishing without awaiting each message.
-
-    aiomqtt 2 has no non-awaiting publish: each awaited ``publish`` costs an event-loop round trip
-    (~6k msg/s at QoS 1), too slow for a thousand units. aiomqtt keeps its paho client in the
-    private ``_client`` attribute (pinned ``aiomqtt>=2.5,<3``; tests/test_mqtt_link.py checks it),
-    and it registers a socket writer with paho, so a packet handed over here is queued and written
-    by the event loop. This is the only place that reaches into aiomqtt.
-    """
-    inner = client._client  # noqa: SLF001 - aiomqtt 2 offers no non-awaiting publish
-    if not isinstance(inner, paho.Client):  # pragma: no cover - only if aiomqtt changes
-        raise TypeError(f"aiomqtt.Client._client is {type(inner).__name__}, not a paho client")
-    return inner
-
-
-_MQTT_PUBLISH: Final = 0x30
-_MAX_REMAINING_LENGTH: Final = 268_435_455  # MQTT's four-byte remaining-length limit
-_MAX_TOPIC_BYTES: Final = 65_535
-
-
-def frame_publish(topic: str, payload: str, *, retain: bool, mqtt5: bool = False) -> bytes | None:
-    """One QoS 0 PUBLISH packet (MQTT 3.1.1, or 5 with no properties), byte for byte paho's.
-
-    Returns ``None`` for anything paho should check and frame itself (an empty or wildcard
-    topic, sizes beyond MQTT's limits); the bridge's own topics never are.
-    """
-    topic_bytes = topic.encode("utf-8")
-    payload_bytes = payload.encode("utf-8")
-    remaining = 2 + len(topic_bytes) + len(payload_bytes) + (1 if mqtt5 else 0)
-    if (
-        not topic_bytes
-        or len(topic_bytes) > _MAX_TOPIC_BYTES
-        or remaining > _MAX_REMAINING_LENGTH
-        or "+" in topic
-        or "#" in topic
-        or "\x00" in topic
-    ):
-        return None
-    header = bytearray((_MQTT_PUBLISH | (1 if retain else 0),))
-    while True:
-        remaining, digit = divmod(remaining, 128)
-        header.append(digit | 0x80 if remaining else digit)
-        if not remaining:
-            break
-    header += len(topic_bytes).to_bytes(2, "big")
-    # MQTT 5: a properties length of 0 follows the topic (QoS 0 has no packet identifier).
-    return bytes(header) + topic_bytes + (b"\x00" if mqtt5 else b"") + payload_bytes
-
-
 def publish_packet_bytes(topic: str, payload: str, *, mqtt5: bool) -> int:
     """The size of a PUBLISH of ``payload`` on ``topic`` at QoS 1, the larger of QoS 0 and 1."""
     remaining = 2 + len(topic.encode("utf-8")) + 2 + len(payload.encode("utf-8"))
     remaining += 1 if mqtt5 else 0
     length_bytes = 1 + (remaining >= 128) + (remaining >= 16_384) + (remaining >= 2_097_152)  # noqa: PLR2004 - MQTT's variable-length integer steps
     return 1 + length_bytes + remaining
-
-
-def raw_publish_queue(inner: paho.Client) -> Callable[[bytes], None] | None:
-    """A function queueing ready-framed QoS 0 PUBLISH packets on paho's send queue, or ``None``.
-
-    paho's ``publish`` costs ~30-40 µs per message (a lock and condition per message info, a
-    socket send per packet); framing a chunk here and queueing it as one block costs ~2 µs per
-    message and one send. It uses paho's private ``_packet_queue`` (paho-mqtt pinned ``<3``;
-    tests/test_mqtt_link.py compares our frames with paho's own, for MQTT 3.1.1 and 5, and fails
-    if this hook goes). ``None`` means: use publish.
-    """
-    queue = getattr(inner, "_packet_queue", None)
-    if queue is None or inner.protocol not in (paho.MQTTv31, paho.MQTTv311, paho.MQTTv5):
-        return None
-
-    def queue_raw(block: bytes) -> None:
-        if inner.socket() is None:
-            raise aiomqtt.MqttCodeError(paho.MQTT_ERR_NO_CONN, "Could not publish message")
-        # Message id 0: no QoS 0 publish has one, so aiomqtt's on_publish finds nothing to wake.
-        rc = queue(paho.PUBLISH, block, 0, 0, paho.MQTTMessageInfo(0))
-        if rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN):
-            raise aiomqtt.MqttCodeError(rc, "Could not publish message")
-
-    return queue_raw
-
-
-async def publish_chunk(
-    client: aiomqtt.Client,
-    chunk: Sequence[Message],
-    *,
-    confirm: bool = True,
-    qos1_prefixes: tuple[str, ...] = (),
-) -> None:
-    """Publish ``chunk`` in order; with ``confirm``, return once the broker has all of it.
-
-    Raises:
-        aiomqtt.MqttError: paho refused a message, or the barrier was not acknowledged in time.
-    """
-    rest, last = (chunk[:-1], chunk[-1]) if confirm else (chunk, None)
-    inner = paho_client(client)
-    queue_raw = raw_publish_queue(inner)
-    mqtt5 = inner.protocol == paho.MQTTv5
-    framed: list[bytes] = []
-    for message in rest:
-        qos = 0 if message.retain and not message.topic.startswith(qos1_prefixes) else 1
-        if qos == 0 and queue_raw is not None:
-            packet = frame_publish(message.topic, message.payload, retain=True, mqtt5=mqtt5)
-            if packet is not None:
-                framed.append(packet)
-                continue
-        if framed and queue_raw is not None:  # what was framed goes first: order is kept
-            queue_raw(b"".join(framed))
-            framed = []
-        info = inner.publish(
-            message.topic,
-            message.payload.encode("utf-8"),
-            qos=qos,
-            retain=message.retain,
-        )
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-    if framed and queue_raw is not None:
-        queue_raw(b"".join(framed))
-    if last is not None:
-        await client.publish(
-            last.topic,
-            last.payload.encode("utf-8"),
-            qos=1,
-            retain=last.retain,
-            timeout=PUBLISH_TIMEOUT_S,
-        )
-
-
-def _send_without_delay(client: aiomqtt.Client) -> None:
-    """Switch off Nagle's algorithm on the connected socket (TCP_NODELAY).
-
-    A chunk's many small packets leave the socket unacknowledged; with Nagle on, the barrier
-    publish at its end then waits for the broker's delayed ACK (~40 ms on Linux) every chunk.
-    """
-    sock = paho_client(client).socket()
-    if isinstance(sock, socket.socket):  # also ssl.SSLSocket; not a WebSocket wrapper
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def describe_mqtt_error(error: BaseException) -> str:
@@ -604,8 +406,11 @@ class MqttLink:
         self.guard = MessageGuard(config.max_message_bytes)
         self.watch = ConnectionWatch()
         self.protocol = ProtocolChoice(config.protocol)
+        self.publishers = PublisherChoice(config.publisher)
+        # The publisher of the current (or last) connection attempt.
+        self.publisher: Publisher | None = None
 
-    def _client(self) -> aiomqtt.Client:
+    def _new_client(self) -> aiomqtt.Client:
         return make_client(
             self.config,
             self.config.client_id,
@@ -618,15 +423,17 @@ class MqttLink:
         failing_since_logged = False
         while not stop.is_set():
             try:
-                client = self._client()
+                client = self._new_client()
             except (ssl.SSLError, OSError, ValueError) as error:
                 logger.error("MQTT: cannot set up the client: %s", describe_mqtt_error(error))  # noqa: TRY400 - one line, no traceback
                 await self._wait(stop, self._backoff.next_delay())
                 continue
-            says = listen_to_broker(client)
+            self.publisher = publisher = self.publishers.for_client(client)
+            says = publisher.says
+            mqtt5 = self.protocol.mqtt5  # what this client asked for
             was_connected = False
             try:
-                async with connection(client):
+                async with connection(client, publisher):
                     was_connected = True
                     self.watch.connected(self._clock())
                     self.guard.broker_limit = says.maximum_packet_size
@@ -642,7 +449,7 @@ class MqttLink:
                         else "",
                     )
                     failing_since_logged = False
-                    await self._serve(client, stop)
+                    await self._serve(client, publisher, stop, mqtt5=mqtt5)
                     return
             except* aiomqtt.MqttError as group:
                 failure: BaseException = group.exceptions[0]
@@ -703,8 +510,9 @@ class MqttLink:
             async with asyncio.timeout(seconds):
                 await stop.wait()
 
-    async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        _send_without_delay(client)
+    async def _serve(
+        self, client: aiomqtt.Client, publisher: Publisher, stop: asyncio.Event, *, mqtt5: bool
+    ) -> None:
         self.outbox.put(self.state_topic, ONLINE, always=True)
         self.outbox.republish_all(first_prefix=self._republish_first)
         for topic in self.subscriptions:
@@ -715,7 +523,9 @@ class MqttLink:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._listen(client), name="mqtt-listen")
-                group.create_task(self._drain(client, stop), name="mqtt-drain")
+                group.create_task(
+                    self._drain(client, publisher, stop, mqtt5=mqtt5), name="mqtt-drain"
+                )
         except* _ShutdownRequestedError:
             logger.debug("MQTT: leaving the connection for shutdown")
 
@@ -730,8 +540,9 @@ class MqttLink:
             except Exception:
                 logger.exception("MQTT: handling a message on %s failed", message.topic)
 
-    async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        mqtt5 = paho_client(client).protocol == paho.MQTTv5
+    async def _drain(
+        self, client: aiomqtt.Client, publisher: Publisher, stop: asyncio.Event, *, mqtt5: bool
+    ) -> None:
         unconfirmed = 0
         confirmed_at = float("-inf")  # the first chunk after connecting is confirmed
         confirm_next = False
@@ -752,8 +563,8 @@ class MqttLink:
                 largest = max(chunk, key=lambda message: len(message.payload))
                 size = publish_packet_bytes(largest.topic, largest.payload, mqtt5=mqtt5)
                 self.guard.handed(largest.topic, size, self._clock())
-                await publish_chunk(
-                    client, chunk, confirm=confirm, qos1_prefixes=self._qos1_prefixes
+                await publisher.publish_chunk(
+                    chunk, confirm=confirm, qos1_prefixes=self._qos1_prefixes
                 )
                 for message in chunk:
                     if message.retain:
@@ -844,6 +655,10 @@ class MqttLink:
             logger.info("MQTT: published %s=offline; disconnecting", self.state_topic)
 
 
+# Shared by the short-lived helper connections below, so a missing fast path is logged once.
+_ONE_SHOT_PUBLISHERS: Final = {"auto": PublisherChoice("auto"), "plain": PublisherChoice("plain")}
+
+
 async def delete_retained(config: MqttConfig, topics: Sequence[str], identifier: str) -> None:
     """Remove ``topics`` from the broker (an empty retained payload each), confirmed in chunks.
 
@@ -851,11 +666,12 @@ async def delete_retained(config: MqttConfig, topics: Sequence[str], identifier:
         MqttUnavailableError: the broker cannot be reached or dropped the connection.
     """
     messages = [Message(topic, "") for topic in topics]
+    client = make_client(config, identifier)
+    publisher = _ONE_SHOT_PUBLISHERS[config.publisher].for_client(client)
     try:
-        async with connection(make_client(config, identifier)) as client:
-            _send_without_delay(client)
+        async with connection(client, publisher):
             for start in range(0, len(messages), MAX_BATCH):
-                await publish_chunk(client, messages[start : start + MAX_BATCH])
+                await publisher.publish_chunk(messages[start : start + MAX_BATCH])
     except (aiomqtt.MqttError, OSError) as error:
         raise MqttUnavailableError(describe_mqtt_error(error)) from None
 
@@ -876,12 +692,12 @@ class Subscription:
     """Messages of a read-only client, one at a time; safe to wrap in ``asyncio.timeout``."""
 
     def __init__(self, client: aiomqtt.Client) -> None:
-        self._client = client
+        self._connection = client
 
     async def next(self) -> ReceivedMessage:
         """The next message; raises :class:`MqttUnavailableError` when the connection drops."""
         try:
-            message = await anext(aiter(self._client.messages))
+            message = await anext(aiter(self._connection.messages))
         except aiomqtt.MqttError as error:
             raise MqttUnavailableError(describe_mqtt_error(error)) from None
         payload = message.payload if isinstance(message.payload, bytes) else b""
@@ -905,8 +721,9 @@ async def subscribe(
         client = make_client(config, identifier, timeout_s=connect_timeout_s)
     except (ssl.SSLError, OSError, ValueError) as error:
         raise MqttUnavailableError(f"cannot set up TLS: {describe_mqtt_error(error)}") from None
+    publisher = _ONE_SHOT_PUBLISHERS[config.publisher].for_client(client)
     try:
-        async with connection(client):
+        async with connection(client, publisher):
             for pattern in patterns:
                 await client.subscribe(pattern, qos=1)
             yield Subscription(client)
@@ -945,9 +762,10 @@ class WillKeeper:
         self.connected = asyncio.Event()
         self.watch = ConnectionWatch()
         self.protocol = ProtocolChoice(config.protocol)
+        self.publishers = PublisherChoice(config.publisher)
         self._clock = clock
 
-    def _client(self) -> aiomqtt.Client:
+    def _new_client(self) -> aiomqtt.Client:
         return make_client(
             self.config, self.identifier, (self.topic, self.payload), mqtt5=self.protocol.mqtt5
         )
@@ -958,9 +776,10 @@ class WillKeeper:
             says = BrokerSays()
             was_connected = False
             try:
-                client = self._client()
-                says = listen_to_broker(client)
-                async with connection(client):
+                client = self._new_client()
+                publisher = self.publishers.for_client(client)
+                says = publisher.says
+                async with connection(client, publisher):
                     was_connected = True
                     self.watch.connected(self._clock())
                     self.connected.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import shutil
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement  # pytest's own dependency
+from packaging.utils import canonicalize_name
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
@@ -281,6 +284,53 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
     assert sources <= allowed
     assert all((ROOT / source).exists() for source in sources)
     assert {".venv", "tests", ".git"}.isdisjoint(allowed)
+
+
+def _pins() -> dict[str, str]:
+    """constraints.txt as {canonical name: pinned version}."""
+    pins: dict[str, str] = {}
+    for raw in (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            name, separator, version = line.partition("==")
+            assert separator, f"constraints.txt: {line!r} is not pinned with =="
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def test_the_image_installs_the_dependencies_under_the_constraints_file() -> None:
+    installs = [
+        args for keyword, args in _instructions() if keyword == "RUN" and "pip install" in args
+    ]
+    dependencies = next(args for args in installs if "requirements.txt" in args)
+    assert "-c constraints.txt" in dependencies
+    copies = [args.split()[:-1] for keyword, args in _instructions() if keyword == "COPY"]
+    assert any("constraints.txt" in sources for sources in copies)
+
+
+def test_the_constraints_file_pins_every_runtime_dependency() -> None:
+    """Each dependency of pyproject.toml, and theirs (as installed here), within its range."""
+    pins = _pins()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    wanted = [Requirement(text) for text in project["project"]["dependencies"]]
+    unpinned: list[str] = []
+    seen: set[str] = set()
+    while wanted:
+        requirement = wanted.pop()
+        name = canonicalize_name(requirement.name)
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue  # an optional extra's, or another Python's
+        if name not in pins:
+            unpinned.append(str(requirement))
+            continue
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt pins {name}=={pins[name]}, outside {requirement}"
+        )
+        if name not in seen:
+            seen.add(name)
+            wanted.extend(Requirement(t) for t in importlib.metadata.requires(name) or ())
+    assert not unpinned, f"not pinned in constraints.txt: {unpinned}"
+    assert set(pins) == seen, f"pinned but not needed: {sorted(set(pins) - seen)}"
 
 
 @pytest.mark.system

@@ -11,13 +11,13 @@ import pytest
 from bridge.config import MqttConfig
 from bridge.mqtt import (
     STABLE_AFTER_S,
-    BrokerSays,
     ConnectionWatch,
     MessageGuard,
     MqttLink,
     ProtocolChoice,
     refused_the_protocol,
 )
+from bridge.mqtt_fastpath import BrokerSays, PublisherSetting
 from bridge.outbox import Outbox
 from tests.conftest import free_port
 
@@ -220,10 +220,13 @@ async def _old_broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 
 
 @pytest.mark.system
-async def test_a_broker_that_refuses_mqtt5_gets_3_1_1() -> None:
+@pytest.mark.parametrize("setting", ["auto", "plain"], ids=["fast", "plain"])
+async def test_a_broker_that_refuses_mqtt5_gets_3_1_1(setting: PublisherSetting) -> None:
     port = free_port()
     server = await asyncio.start_server(_old_broker, "127.0.0.1", port)
-    config = MqttConfig(host="127.0.0.1", port=port, client_id="test-old", reconnect_max_s=0.5)
+    config = MqttConfig(
+        host="127.0.0.1", port=port, client_id="test-old", reconnect_max_s=0.5, publisher=setting
+    )
     link = MqttLink(config, Outbox(), state_topic="test/state")
     stop = asyncio.Event()
     async with server:
@@ -240,24 +243,54 @@ async def test_a_broker_that_refuses_mqtt5_gets_3_1_1() -> None:
     assert link.connections == 1
 
 
+async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One MQTT packet: its first byte and its body."""
+    first = (await reader.readexactly(1))[0]
+    length, shift = 0, 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return first, await reader.readexactly(length)
+
+
 async def _taking_over_broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Accepts an MQTT 5 CONNECT, then sends DISCONNECT "Session taken over" (0x8E)."""
-    with contextlib.suppress(OSError):
-        await reader.read(4096)
+    """Accepts an MQTT 5 CONNECT, then sends DISCONNECT "Session taken over" (0x8E) in 0.2 s.
+
+    Until then it acknowledges QoS 1 publishes, as a broker does before another client takes
+    the client id.
+    """
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+        await _read_packet(reader)  # CONNECT
         writer.write(b"\x20\x03\x00\x00\x00")  # CONNACK: success, no properties
         await writer.drain()
-        await asyncio.sleep(0.2)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.2):
+                while True:
+                    first, body = await _read_packet(reader)
+                    if first >> 4 == 3 and (first >> 1) & 3 == 1:  # PUBLISH at QoS 1
+                        topic_length = int.from_bytes(body[:2], "big")
+                        packet_id = body[2 + topic_length : 4 + topic_length]
+                        writer.write(b"\x40\x02" + packet_id)  # PUBACK: success
         writer.write(b"\xe0\x02\x8e\x00")  # DISCONNECT: Session taken over, no properties
         await writer.drain()
     writer.close()
 
 
+@pytest.mark.parametrize("setting", ["auto", "plain"], ids=["fast", "plain"])
 async def test_session_taken_over_is_reported_with_the_client_id(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, setting: PublisherSetting
 ) -> None:
+    """Fast: the DISCONNECT's reason is reported at once; plain: the third short connection.
+
+    aiomqtt's public API does not pass the reason on, so the plain publisher cannot hear it.
+    """
     port = free_port()
     server = await asyncio.start_server(_taking_over_broker, "127.0.0.1", port)
-    config = MqttConfig(host="127.0.0.1", port=port, client_id="twin-id", reconnect_max_s=5)
+    config = MqttConfig(
+        host="127.0.0.1", port=port, client_id="twin-id", reconnect_max_s=5, publisher=setting
+    )
     link = MqttLink(config, Outbox(), state_topic="test/state")
     stop = asyncio.Event()
     async with server:
@@ -274,5 +307,9 @@ async def test_session_taken_over_is_reported_with_the_client_id(
     reports = [r.getMessage() for r in caplog.records if "same client_id" in r.getMessage()]
     assert len(reports) == 1, reports
     assert "'twin-id'" in reports[0]
-    assert "Session taken over" in reports[0]
-    assert link.connections == 1  # reported at the first drop, not after three
+    if setting == "plain":
+        assert "3 connections in a row" in reports[0]
+        assert link.connections == 3
+    else:
+        assert "Session taken over" in reports[0]
+        assert link.connections == 1  # reported at the first drop, not after three

@@ -1,4 +1,4 @@
-"""MqttLink publishing in chunks on a real mosquitto: completeness, order, outages, private API."""
+"""MqttLink publishing in chunks on a real mosquitto, through the fast and the plain publisher."""
 
 from __future__ import annotations
 
@@ -12,9 +12,6 @@ from typing import Any
 import aiomqtt
 import paho.mqtt.client as paho
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from bridge.config import MqttConfig
 from bridge.mqtt import (
@@ -22,25 +19,38 @@ from bridge.mqtt import (
     CONFIRM_EVERY_S,
     MAX_BATCH,
     MqttLink,
-    frame_publish,
     make_client,
+)
+from bridge.mqtt_fastpath import (
+    FastPublisher,
+    PlainPublisher,
+    Publisher,
+    PublisherChoice,
+    PublisherSetting,
     paho_client,
-    publish_chunk,
-    publish_packet_bytes,
-    raw_publish_queue,
 )
 from bridge.outbox import Message, Outbox
 from tests.conftest import Broker, collect_retained, subscriber, wait_for_retained
 
 STATE_TOPIC = "test/bridge/state"
+# What each ``[mqtt] publisher`` setting must give on the installed aiomqtt and paho.
+EXPECTED_PUBLISHER = {"auto": "fast", "plain": "plain"}
 
 
-def link_for(port: int, outbox: Outbox) -> MqttLink:
+@pytest.fixture(params=["auto", "plain"], ids=["fast", "plain"])
+def setting(request: pytest.FixtureRequest) -> PublisherSetting:
+    """Every link test runs with the fast publisher and with the plain one."""
+    value: PublisherSetting = request.param
+    return value
+
+
+def link_for(port: int, outbox: Outbox, setting: PublisherSetting) -> MqttLink:
     config = MqttConfig(
         host="127.0.0.1",
         port=port,
         client_id=f"test-link-{time.monotonic_ns()}",
         reconnect_max_s=0.5,
+        publisher=setting,
     )
     return MqttLink(config, outbox, state_topic=STATE_TOPIC)
 
@@ -53,6 +63,8 @@ async def running(link: MqttLink) -> AsyncIterator[asyncio.Task[None]]:
     try:
         async with asyncio.timeout(10):
             await link.connected.wait()
+        assert link.publisher is not None
+        assert link.publisher.name == EXPECTED_PUBLISHER[link.config.publisher]
         yield task
     finally:
         stop.set()
@@ -74,27 +86,32 @@ async def drained(outbox: Outbox, limit_s: float = 30.0) -> None:
 
 
 class Barriers:
-    """Counts the link's awaited publishes (one per chunk) and can act just before one."""
+    """Counts the chunks published with a barrier (either publisher); can act just before one."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
-        self.most_queued = 0  # packets waiting in paho's send queue when a barrier was awaited
         self.before: Callable[[int], None] | None = None
         self.nodelay: set[int] = set()  # TCP_NODELAY of the link's socket at each barrier
-        real = aiomqtt.Client.publish
+        for kind in (FastPublisher, PlainPublisher):
+            self._count(monkeypatch, kind)
 
-        async def publish(client: aiomqtt.Client, *args: Any, **kwargs: Any) -> None:
-            self.calls += 1
-            inner = paho_client(client)
-            self.most_queued = max(self.most_queued, len(inner._out_packet))
-            sock = inner.socket()
-            if isinstance(sock, socket.socket):
-                self.nodelay.add(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-            if self.before is not None:
-                self.before(self.calls)
-            await real(client, *args, **kwargs)
+    def _count(
+        self, monkeypatch: pytest.MonkeyPatch, kind: type[FastPublisher | PlainPublisher]
+    ) -> None:
+        real = kind.publish_chunk
 
-        monkeypatch.setattr(aiomqtt.Client, "publish", publish)
+        async def publish_chunk(publisher: Publisher, *args: Any, **kwargs: Any) -> None:
+            if kwargs.get("confirm", True):
+                self.calls += 1
+                # Read through paho (the test's instrument): set through aiomqtt's public API.
+                sock = paho_client(publisher.client).socket()
+                if isinstance(sock, socket.socket):
+                    self.nodelay.add(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                if self.before is not None:
+                    self.before(self.calls)
+            await real(publisher, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(kind, "publish_chunk", publish_chunk)
 
 
 def burst(count: int) -> dict[str, str]:
@@ -104,10 +121,10 @@ def burst(count: int) -> dict[str, str]:
 
 @pytest.mark.broker
 async def test_burst_of_retained_topics_reaches_the_broker_in_chunks(
-    broker: Broker, monkeypatch: pytest.MonkeyPatch
+    broker: Broker, monkeypatch: pytest.MonkeyPatch, setting: PublisherSetting
 ) -> None:
     outbox = Outbox()
-    link = link_for(broker.port, outbox)
+    link = link_for(broker.port, outbox, setting)
     link._clock = lambda: 0.0  # frozen: only the message count asks for barriers
     expected = burst(2 * CONFIRM_EVERY_MESSAGES + MAX_BATCH)
     async with running(link):
@@ -115,7 +132,7 @@ async def test_burst_of_retained_topics_reaches_the_broker_in_chunks(
         barriers = Barriers(monkeypatch)
         for topic, payload in expected.items():
             outbox.put(topic, payload)
-        await drained(outbox)
+        await drained(outbox, limit_s=120)  # the plain publisher: ~2-6k messages/s
         assert outbox.pending() == []
         assert link.last_delivery == 0.0
         # One awaited publish per CONFIRM_EVERY_MESSAGES, not one per chunk or per message.
@@ -132,9 +149,11 @@ async def test_burst_of_retained_topics_reaches_the_broker_in_chunks(
 
 
 @pytest.mark.broker
-async def test_deletions_and_events_keep_their_order(broker: Broker) -> None:
+async def test_deletions_and_events_keep_their_order(
+    broker: Broker, setting: PublisherSetting
+) -> None:
     outbox = Outbox()
-    link = link_for(broker.port, outbox)
+    link = link_for(broker.port, outbox, setting)
     events = [f"event-{n}" for n in range(700)]  # 1 + 1 + 700 messages: the events span 2 chunks
     async with running(link):
         for name in ("a", "b", "c"):
@@ -178,10 +197,10 @@ async def test_deletions_and_events_keep_their_order(broker: Broker) -> None:
 
 @pytest.mark.broker
 async def test_broker_killed_mid_burst_unconfirmed_events_stay_pending_then_all_is_republished(
-    broker: Broker, monkeypatch: pytest.MonkeyPatch
+    broker: Broker, monkeypatch: pytest.MonkeyPatch, setting: PublisherSetting
 ) -> None:
     outbox = Outbox()
-    link = link_for(broker.port, outbox)
+    link = link_for(broker.port, outbox, setting)
     link._clock = lambda: 0.0  # frozen: no barrier comes from the time since the last one
     expected = burst(10 * MAX_BATCH)
     events = [f"event-{n}" for n in range(20)]
@@ -220,11 +239,11 @@ async def test_broker_killed_mid_burst_unconfirmed_events_stay_pending_then_all_
 
 @pytest.mark.broker
 async def test_small_chunks_share_a_barrier_but_time_forces_one(
-    broker: Broker, monkeypatch: pytest.MonkeyPatch
+    broker: Broker, monkeypatch: pytest.MonkeyPatch, setting: PublisherSetting
 ) -> None:
     """A poll's few retained values or events cost no round trip; a second's wait does."""
     outbox = Outbox()
-    link = link_for(broker.port, outbox)
+    link = link_for(broker.port, outbox, setting)
     clock = [0.0]
     link._clock = lambda: clock[0]
     async with running(link):
@@ -256,148 +275,80 @@ async def test_small_chunks_share_a_barrier_but_time_forces_one(
     assert found == {"test/a": "last"}
 
 
-async def test_a_message_paho_refuses_raises_mqtt_error_before_the_barrier(
-    monkeypatch: pytest.MonkeyPatch,
+async def test_a_message_the_client_refuses_raises_mqtt_error_before_the_barrier(
+    monkeypatch: pytest.MonkeyPatch, setting: PublisherSetting
 ) -> None:
-    """The rc of paho's publish is checked: an unconnected client cannot queue QoS 0."""
+    """The result of each publish is checked: an unconnected client cannot queue QoS 0."""
     client = make_client(MqttConfig(host="127.0.0.1"), "test-refused")
-    barriers = Barriers(monkeypatch)
+    publisher = PublisherChoice(setting).for_client(client)
+    assert publisher.name == EXPECTED_PUBLISHER[setting]
+    awaited: list[tuple[str, int]] = []
+    real = aiomqtt.Client.publish
+
+    async def publish(self: aiomqtt.Client, topic: str, *args: Any, **kwargs: Any) -> None:
+        awaited.append((topic, kwargs.get("qos", 0)))
+        await real(self, topic, *args, **kwargs)
+
+    monkeypatch.setattr(aiomqtt.Client, "publish", publish)
     chunk = [Message("test/x", "1"), Message("test/y", "2"), Message("test/z", "3")]
     with pytest.raises(aiomqtt.MqttError, match="not currently connected"):
-        await publish_chunk(client, chunk)
-    assert barriers.calls == 0
-
-
-async def test_aiomqtt_still_holds_a_paho_client_for_publishing_without_awaiting() -> None:
-    """MqttLink reaches into aiomqtt's private ``_client``: fail loudly if aiomqtt changes it."""
-    client = make_client(MqttConfig(host="127.0.0.1"), "test-guard")
-    inner = getattr(client, "_client", None)
-    assert isinstance(inner, paho.Client), (
-        f"aiomqtt.Client._client is {type(inner).__name__}, not a paho client: "
-        "bridge.mqtt.paho_client and publish_chunk must be rewritten"
-    )
-    assert paho_client(client) is inner
-    # aiomqtt must register a socket writer with paho, or a non-awaited publish would write
-    # synchronously from inside our code instead of being batched by the event loop.
-    assert inner.on_socket_register_write is not None
-
-
-# --- framing QoS 0 publishes ourselves ----------------------------------------------------------
-
-
-def paho_frame(topic: str, payload: str, *, retain: bool, mqtt5: bool = False) -> bytes:
-    """The bytes paho itself queues for a QoS 0 publish on an MQTT 3.1.1 (or 5) connection."""
-    protocol = paho.MQTTv5 if mqtt5 else paho.MQTTv311
-    inner = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
-    queued: list[bytes] = []
-
-    def capture(_command: int, packet: bytes, *_args: object) -> int:
-        queued.append(bytes(packet))
-        return paho.MQTT_ERR_SUCCESS
-
-    inner._sock = object()  # type: ignore[assignment] # "connected", for _send_publish
-    inner._packet_queue = capture  # type: ignore[method-assign,assignment]
-    try:
-        inner._send_publish(0, topic.encode(), payload.encode(), 0, retain)
-    finally:
-        inner._sock = None  # paho closes its socket when collected
-    (packet,) = queued
-    return packet
-
-
-@pytest.mark.parametrize("mqtt5", [False, True], ids=["3.1.1", "5"])
-@pytest.mark.parametrize(
-    ("topic", "payload", "retain"),
-    [
-        ("twc3/garage/vitals/grid_v", "230.1", True),
-        ("twc3/garage/vitals/grid_v", "", True),  # a deletion
-        ("twc3/garage/event", '{"type":"plugged_in"}', False),
-        ("homeassistant/sensor/x/config", "x" * 200, True),  # two-byte remaining length
-        ("t", "y" * 20_000, True),  # three-byte remaining length
-        ("twc3/°C/ünïcode", "Grüße", True),
-    ],
-)
-def test_our_publish_frames_are_byte_for_byte_paho_frames(
-    topic: str, payload: str, retain: bool, mqtt5: bool
-) -> None:
-    ours = frame_publish(topic, payload, retain=retain, mqtt5=mqtt5)
-    assert ours == paho_frame(topic, payload, retain=retain, mqtt5=mqtt5)
-    # The size check counts the same bytes (plus a QoS 1 packet id, its worst case).
-    assert ours is not None
-    assert publish_packet_bytes(topic, payload, mqtt5=mqtt5) == len(ours) + 2
-
-
-@given(
-    topic=st.text(st.characters(blacklist_characters="+#\x00", blacklist_categories=["Cs"])),
-    payload=st.text(st.characters(blacklist_categories=["Cs"])),
-    retain=st.booleans(),
-    mqtt5=st.booleans(),
-)
-def test_frames_match_paho_for_any_text(
-    topic: str, payload: str, retain: bool, mqtt5: bool
-) -> None:
-    ours = frame_publish(topic, payload, retain=retain, mqtt5=mqtt5)
-    if not topic:
-        assert ours is None
-    else:
-        assert ours == paho_frame(topic, payload, retain=retain, mqtt5=mqtt5)
-
-
-@pytest.mark.parametrize("topic", ["", "a/+/b", "a/#", "a\x00b", "t" * 70_000])
-def test_topics_paho_must_judge_are_not_framed_by_us(topic: str) -> None:
-    assert frame_publish(topic, "1", retain=True) is None
-
-
-@pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5])
-def test_the_raw_queue_exists_for_mqtt_3_and_5_connections(
-    protocol: MQTTProtocolVersion,
-) -> None:
-    """The private _packet_queue of paho is still there (our frames differ per version)."""
-    inner = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
-    assert raw_publish_queue(inner) is not None, "paho lost _packet_queue: mqtt.py must change"
+        await publisher.publish_chunk(chunk)
+    assert ("test/z", 1) not in awaited  # the barrier was never tried
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("raw", [True, False], ids=["framed", "paho-publish"])
-async def test_burst_arrives_framed_or_through_paho_publish(
-    broker: Broker, monkeypatch: pytest.MonkeyPatch, raw: bool
+async def test_burst_arrives_framed_or_through_awaited_publishes(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch, setting: PublisherSetting
 ) -> None:
-    """Retained values go out framed by us, else through paho's publish; the same on the broker.
+    """The same retained values reach the broker either way.
 
-    Framed, paho's publish is not called for them.
+    Fast: retained values are framed by us, so paho's publish runs only for the awaited
+    publishes (barriers and ``offline``). Plain: every message is an awaited publish.
     """
-    if not raw:
-        monkeypatch.setattr("bridge.mqtt.raw_publish_queue", lambda _inner: None)
     paho_publishes = 0
-    real_publish = paho.Client.publish
+    real_paho_publish = paho.Client.publish
 
-    def counting_publish(self: paho.Client, *args: Any, **kwargs: Any) -> paho.MQTTMessageInfo:
+    def counting_paho_publish(self: paho.Client, *args: Any, **kwargs: Any) -> paho.MQTTMessageInfo:
         nonlocal paho_publishes
         paho_publishes += 1
-        return real_publish(self, *args, **kwargs)
+        return real_paho_publish(self, *args, **kwargs)
 
-    monkeypatch.setattr(paho.Client, "publish", counting_publish)
-    barriers = Barriers(monkeypatch)  # every awaited publish: barriers, and offline at the exit
+    awaited = 0
+    real_publish = aiomqtt.Client.publish
+
+    async def counting_publish(self: aiomqtt.Client, *args: Any, **kwargs: Any) -> None:
+        nonlocal awaited
+        awaited += 1
+        await real_publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(paho.Client, "publish", counting_paho_publish)
+    monkeypatch.setattr(aiomqtt.Client, "publish", counting_publish)
     expected = burst(1200)
     outbox = Outbox()
     for topic, payload in expected.items():
         outbox.put(topic, payload)
-    link = link_for(broker.port, outbox)
+    link = link_for(broker.port, outbox, setting)
     async with running(link):
         await drained(outbox)
     messages = len(expected) + 1  # and the state topic's online
-    # Framed, only the awaited publishes go through paho's publish.
-    assert barriers.calls >= 2
-    assert paho_publishes == (barriers.calls if raw else messages + 1)
+    assert paho_publishes == awaited
+    if setting == "plain":
+        assert awaited == messages + 1  # and offline at the exit
+    else:
+        assert 2 <= awaited < 10  # a barrier or two, and offline
     found = await collect_retained(broker.port, "test/+/+")
     assert {t: v for t, v in found.items() if t != STATE_TOPIC} == expected
 
 
 @pytest.mark.broker
-async def test_topics_under_a_qos1_prefix_are_delivered_at_qos1(broker: Broker) -> None:
+async def test_topics_under_a_qos1_prefix_are_delivered_at_qos1(
+    broker: Broker, setting: PublisherSetting
+) -> None:
     """Homie requires QoS 1: its prefix goes out at QoS 1, the bridge's own topics at QoS 0."""
     outbox = Outbox()
-    config = MqttConfig(host="127.0.0.1", port=broker.port, client_id="test-link-qos")
+    config = MqttConfig(
+        host="127.0.0.1", port=broker.port, client_id="test-link-qos", publisher=setting
+    )
     link = MqttLink(config, outbox, state_topic=STATE_TOPIC, qos1_prefixes=("test/homie/",))
     async with running(link), subscriber(broker.port, "test/+/x") as client:
         outbox.put("test/homie/x", "1")
