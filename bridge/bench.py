@@ -21,8 +21,8 @@ alone and neither subject inherits the other's heap, imports or ``gc.freeze()``:
 A subject measures its own window: it waits until startup is over (every unit asked every
 endpoint; for the bridge, everything published, ``startup_s`` says when), 2 s more, then reads
 ``time.process_time()`` (all its threads) and its counters at the start and end of the window,
-and its peak RSS (``ru_maxrss``) at the end. It prints them as one JSON line and exits; this
-process turns them into figures.
+and its peak RSS (``VmHWM``: its own, where ``ru_maxrss`` survives ``exec``) at the end. It
+prints them as one JSON line and exits; this process turns them into figures.
 
 Change-to-message delay: a simulated unit's ``uptime_s`` is ``int(now - booted_at)`` on its
 monotonic clock, so the value U first appears at ``origin + booted_at + U`` (CLOCK_MONOTONIC is
@@ -49,7 +49,6 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -59,6 +58,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bridge.app import START_SLOTS, Bridge
+from bridge.baseline import peak_rss_mb
 from bridge.config import (
     BridgeConfig,
     BridgeSection,
@@ -310,7 +310,7 @@ async def run_bridge_subject(spec: dict[str, Any]) -> dict[str, Any]:
         "start": start,
         "end": end,
         "startup_s": startup_s,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "topics": sorted({*bridge.outbox.retained_topics(), bridge.state_topic}),
     }
 
