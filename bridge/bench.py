@@ -586,14 +586,14 @@ def format_table(result: dict[str, Any]) -> str:
             f" {result['repeat']} run(s) of {result['seconds']} s per subject, interleaved;"
             " median (min-max)"
         ),
-        f"{'':{width}}" + "".join(f"{subject:>24}" for subject in subjects),
+        f"{'':{width}}" + "".join(f"{subject:>27}" for subject in subjects),
     ]
     for label, key in ROWS:
         cells = [_cell(result[s][key]) if key in result[s] else "" for s in subjects]
-        lines.append(f"{label:{width}}" + "".join(f"{cell:>24}" for cell in cells))
+        lines.append(f"{label:{width}}" + "".join(f"{cell:>27}" for cell in cells))
     if "cpu_per_poll_ratio" in result:
         lines.append(
-            f"{'CPU per poll, bridge/base':{width}}{_cell(result['cpu_per_poll_ratio']):>24}"
+            f"{'CPU per poll, bridge/base':{width}}{_cell(result['cpu_per_poll_ratio']):>27}"
         )
     lines.append(
         f"discovery: {result['discovery']}, broker {result['broker']},"
