@@ -1,37 +1,42 @@
 """``twc3-bridge bench``: how many units one bridge process carries, and at what cost.
 
-Three processes, so that the CPU and memory measured are the bridge's alone:
+Every party runs in a process of its own, so that the CPU and memory measured are a subject's
+alone and neither subject inherits the other's heap, imports or ``gc.freeze()``:
 
 * a **simulator** child serves N :class:`~bridge.simulator.SimulatedUnit` on one free loopback
   port, routed by the ``Host`` header (:class:`~bridge.simulator.HostRoutedServer`): measured
   lighter than a port per unit (``scripts/simulator_routing.py``). Each unit is a connector named
-  by its serial (``http://sim0000000001:<port>``); the bridge's clients connect to the one port
-  (``http_transport(connect_to=...)``, standing in for a LAN's name service) and send that name;
-* a **subscriber** child listens to ``<base>/+/vitals/uptime_s`` and timestamps every arrival;
-* this process runs the real :class:`~bridge.app.Bridge` (then a bare baseline) and measures
-  ``time.process_time()`` and ``ru_maxrss`` of itself. Its window begins 2 s after startup is
-  over (every unit asked every endpoint, everything published; ``startup_s`` says when), so it
-  measures the steady state, not the ~80 discovery configs a unit sent at first.
+  by its serial (``http://sim0000000001:<port>``); the subjects connect to the one port (standing
+  in for a LAN's name service) and send that name;
+* a **subscriber** child listens to ``<base>/+/vitals/uptime_s`` of both subjects and timestamps
+  every arrival;
+* the two **subjects**, each a fresh ``python -m`` process started for one repetition: the real
+  :class:`~bridge.app.Bridge` (``python -m bridge.bench``, with ``freeze_heap_when_settled`` as
+  ``twc3-bridge run`` does), and the plain program of :mod:`bridge.baseline` doing the same job
+  (every endpoint at the bridge's intervals, every changed field its own retained topic at
+  QoS 0) with h11 and paho's public ``publish``. Repetitions alternate (bridge, baseline,
+  bridge, baseline...) so that a load that comes and goes on the machine falls on both; the
+  report gives the median of each figure and its range.
+
+A subject measures its own window: it waits until startup is over (every unit asked every
+endpoint; for the bridge, everything published, ``startup_s`` says when), 2 s more, then reads
+``time.process_time()`` (all its threads) and its counters at the start and end of the window,
+and its peak RSS (``VmHWM``: its own, where ``ru_maxrss`` survives ``exec``) at the end. It
+prints them as one JSON line and exits; this process turns them into figures.
 
 Change-to-message delay: a simulated unit's ``uptime_s`` is ``int(now - booted_at)`` on its
 monotonic clock, so the value U first appears at ``origin + booted_at + U`` (CLOCK_MONOTONIC is
 shared by all processes on Linux). The delay of a message carrying U is its arrival time at the
 subscriber minus that moment: it includes the wait until the next poll (0-1 interval), the
-HTTP request, the bridge's processing, the broker and the subscriber.
+HTTP request, the subject's processing, the broker and the subscriber.
 
-Two baselines run in the same process after the bridge, each doing the minimum per poll (GET
-``/api/1/vitals``, ``json.loads``, publish the body once), on the bridge's schedule (units start
-in ``START_SLOTS`` groups over the interval: waking an idle process costs more than a poll):
+Everything runs under topics of its own (``twc3-bench-<pid>``), and the retained topics a
+subject created are deleted after each of its runs (so every run starts on the same broker), so
+a bench against a live broker leaves Home Assistant and other runs alone.
 
-* **bare** (:mod:`bridge.baseline`): httpx's ``AsyncClient.get`` and an awaited aiomqtt publish,
-  the libraries used as the shortest script would (the issue's yardstick);
-* **matched**: the bridge's own :class:`~bridge.twc.TwcClient` and :class:`~bridge.mqtt.MqttLink`,
-  so its ratio shows only the bridge's own work (parsing, derived values, one topic per field,
-  discovery) on top of the same I/O.
-
-Everything runs under a base topic and discovery prefix of its own (``twc3-bench-<pid>``), and the
-retained topics the run created are deleted at the end, so a bench against a live broker leaves
-Home Assistant and other runs alone.
+The former "matched" baseline (the bridge's own HTTP client and MQTT link publishing one
+message per poll, in the bridge's process) is gone: it measured a job the bridge does not do,
+and the plain baseline now does the bridge's job in a process of its own.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -53,7 +58,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bridge.app import START_SLOTS, Bridge
-from bridge.baseline import run_bare
+from bridge.baseline import peak_rss_mb
 from bridge.config import (
     BridgeConfig,
     BridgeSection,
@@ -63,32 +68,38 @@ from bridge.config import (
     PollingConfig,
 )
 from bridge.models import Endpoint
-from bridge.mqtt import MqttLink, MqttUnavailableError, delete_retained, subscribe
+from bridge.mqtt import MqttUnavailableError, delete_retained, subscribe
 from bridge.mqtt_fastpath import PublisherSetting
 from bridge.outbox import Message, Outbox
 from bridge.twc import TwcClient, TwcError, http_transport
 
 LONG_INTERVAL_S: Final = 3600.0
 CHILD_START_TIMEOUT_S: Final = 120.0
-BASELINE_WARMUP_S: Final = 3.0
+SUBJECT_SPARE_S: Final = 180.0  # a subject's run may take this long beyond warm-up and window
+SETTLE_S: Final = 2.0
 # Per process: two benches on one broker must not share topics or client ids.
 RUN_ID: Final = f"twc3-bench-{os.getpid()}"
 BASE_TOPIC: Final = RUN_ID
+BASELINE_BASE_TOPIC: Final = f"{RUN_ID}-baseline"
 DISCOVERY_PREFIX: Final = f"{RUN_ID}-homeassistant"
-BASELINES: Final = ("bare", "matched")
+SUBJECTS: Final = ("bridge", "baseline")
+SUBJECT_MODULES: Final = {"bridge": "bridge.bench", "baseline": "bridge.baseline"}
 LOOPBACK: Final = "127.0.0.1"
 SIMULATOR_ROUTING: Final = "one port, routed by Host header"
+DEFAULT_REPEAT: Final = 3
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Units:
-    """The simulated units as every measured client reaches them."""
+    """The simulated units as every subject reaches them."""
 
-    urls: list[str]  # http://<serial>:<port>, one per unit
-    connect_to: tuple[str, int]  # the simulator's one listening address
+    names: list[str]  # the Host header of each unit (its serial, lower case)
+    port: int  # the simulator's one listening port on LOOPBACK
+    ticks: dict[str, float]  # unit id -> monotonic moment its uptime_s was 0
 
-    def client(self, url: str) -> TwcClient:
-        return TwcClient(url, transport=http_transport(connect_to=self.connect_to))
+    @property
+    def ids(self) -> list[str]:
+        return [f"bench{index:04d}" for index in range(1, len(self.names) + 1)]
 
 
 # ---- child processes -------------------------------------------------------------------------
@@ -124,13 +135,15 @@ def _simulator_child(conn: multiprocessing.connection.Connection, units: int) ->
 
 
 async def _subscriber_main(
-    conn: multiprocessing.connection.Connection, host: str, port: int, base_topic: str
+    conn: multiprocessing.connection.Connection,
+    host: str,
+    port: int,
+    topics: list[str],
+    identifier: str,
 ) -> None:
     records: list[tuple[float, str, bytes]] = []
     config = MqttConfig(host=host, port=port)
-    async with subscribe(
-        config, [f"{base_topic}/+/vitals/uptime_s"], identifier=f"{base_topic}-subscriber"
-    ) as subscription:
+    async with subscribe(config, topics, identifier=f"{identifier}-subscriber") as subscription:
 
         async def collect() -> None:
             while True:
@@ -150,9 +163,13 @@ async def _subscriber_main(
 
 
 def _subscriber_child(
-    conn: multiprocessing.connection.Connection, host: str, port: int, base_topic: str
+    conn: multiprocessing.connection.Connection,
+    host: str,
+    port: int,
+    topics: list[str],
+    identifier: str,
 ) -> None:
-    asyncio.run(_subscriber_main(conn, host, port, base_topic))
+    asyncio.run(_subscriber_main(conn, host, port, topics, identifier))
 
 
 class BenchChildError(Exception):
@@ -193,14 +210,14 @@ class _Child:
             self.process.join(5)
 
 
-# ---- counting wrappers (no change to the bridge's behaviour) -----------------------------------
+# ---- the bridge as a subject (python -m bridge.bench '<spec>') ------------------------------
 
 
 class _CountingClient(TwcClient):
     """A :class:`TwcClient` that counts successful vitals reads and failures."""
 
-    def __init__(self, base_url: str, counts: dict[str, int], units: _Units) -> None:
-        super().__init__(base_url, transport=http_transport(connect_to=units.connect_to))
+    def __init__(self, base_url: str, counts: dict[str, int], connect_to: tuple[str, int]) -> None:
+        super().__init__(base_url, transport=http_transport(connect_to=connect_to))
         self._counts = counts
 
     async def fetch(self, endpoint: Endpoint | str) -> bytes:
@@ -210,7 +227,7 @@ class _CountingClient(TwcClient):
             self._counts["errors"] += 1
             raise
         if endpoint == "vitals":
-            self._counts["vitals"] += 1
+            self._counts["polls"] += 1
         return body
 
 
@@ -225,187 +242,178 @@ def _count_sent(outbox: Outbox, counts: dict[str, int]) -> None:
     outbox.mark_sent = mark_sent  # type: ignore[method-assign]
 
 
-@dataclasses.dataclass
-class _Window:
-    cpu: float
-    wall: float
-    polls: int
-    sent: int
-    errors: int
+def _snapshot(counts: dict[str, int]) -> dict[str, float]:
+    return {"cpu": time.process_time(), "wall": time.monotonic(), **counts}
 
-    @classmethod
-    def now(cls, counts: dict[str, int]) -> _Window:
-        return cls(
-            time.process_time(),
-            time.monotonic(),
-            counts["vitals"],
-            counts["sent"],
-            counts["errors"],
+
+def _bridge_config(spec: dict[str, Any], data_dir: Path) -> BridgeConfig:
+    intervals = spec["intervals"]
+    port = spec["connect_to"][1]
+    return BridgeConfig(
+        bridge=BridgeSection(data_dir=data_dir),
+        mqtt=MqttConfig(
+            host=spec["host"],
+            port=spec["port"],
+            base_topic=spec["base_topic"],
+            client_id=spec["identifier"],
+            publisher=spec["publisher"],
+        ),
+        homeassistant=HomeAssistantConfig(
+            discovery=spec["discovery"], discovery_prefix=spec["discovery_prefix"]
+        ),
+        polling=PollingConfig(
+            vitals_s=intervals["vitals"],
+            vitals_idle_s=intervals["vitals"],
+            lifetime_s=intervals["lifetime"],
+            wifi_status_s=intervals["wifi_status"],
+            version_s=intervals["version"],
+        ),
+        connectors=[
+            ConnectorConfig(host=f"{name}:{port}", id=unit_id) for unit_id, name in spec["units"]
+        ],
+    )
+
+
+async def run_bridge_subject(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the real bridge on ``spec`` (as the baseline takes it); return its window."""
+    counts = {"polls": 0, "sent": 0, "errors": 0}
+    connect_to = (spec["connect_to"][0], spec["connect_to"][1])
+    with tempfile.TemporaryDirectory(prefix="twc3-bench-") as data_dir:
+        bridge = Bridge(
+            _bridge_config(spec, Path(data_dir)),
+            client_factory=lambda c: _CountingClient(c.base_url, counts, connect_to),
+            freeze_heap_when_settled=True,  # as twc3-bridge run does
         )
+        _count_sent(bridge.outbox, counts)
+        stop = asyncio.Event()
+        began = time.monotonic()
+        task = asyncio.create_task(bridge.run(stop))
+        # Warm-up: every unit read all four endpoints once and the broker has everything the
+        # startup produced (~80 discovery configs a unit), then 2 s more: steady state.
+        startup_s = float("nan")
+        # Bounded by the clock, not by a count of 0.1 s naps: a saturated loop naps longer.
+        while time.monotonic() - began < spec["warmup_max_s"]:
+            if task.done():
+                break
+            if (
+                bridge.settled()
+                and all(p.status.online for p in bridge.pollers)
+                and not bridge.outbox.pending(1)
+            ):
+                startup_s = time.monotonic() - began
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(SETTLE_S)
+        start = _snapshot(counts)
+        await asyncio.sleep(spec["seconds"])
+        end = _snapshot(counts)
+        stop.set()
+        await task
+    return {
+        "start": start,
+        "end": end,
+        "startup_s": startup_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "topics": sorted({*bridge.outbox.retained_topics(), bridge.state_topic}),
+    }
 
 
-async def _measured(
-    counts: dict[str, int], seconds: float, *, warmup_s: float
-) -> tuple[_Window, _Window]:
-    """After ``warmup_s``, the counters and clocks at the start and end of ``seconds``."""
-    await asyncio.sleep(warmup_s)
-    start = _Window.now(counts)
-    await asyncio.sleep(seconds)
-    return start, _Window.now(counts)
+def _bridge_subject_main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    result = asyncio.run(run_bridge_subject(json.loads(argv[0])))
+    print(json.dumps(result))  # noqa: T201 - the result goes to the parent on stdout
+    return 0
 
 
-def _figures(start: _Window, end: _Window) -> dict[str, float]:
-    wall = end.wall - start.wall
-    cpu = end.cpu - start.cpu
-    polls = end.polls - start.polls
+# ---- running subjects and summing up ------------------------------------------------------------
+
+
+def _subject_spec(
+    subject: str,
+    units: _Units,
+    *,
+    host: str,
+    port: int,
+    interval: float,
+    seconds: float,
+    discovery: str,
+    warmup_max_s: float,
+    publisher: PublisherSetting,
+) -> dict[str, Any]:
+    return {
+        "host": host,
+        "port": port,
+        "identifier": f"{RUN_ID}-{subject}",
+        "base_topic": BASE_TOPIC if subject == "bridge" else BASELINE_BASE_TOPIC,
+        "discovery": discovery,
+        "publisher": publisher,
+        "discovery_prefix": DISCOVERY_PREFIX,
+        "units": [list(pair) for pair in zip(units.ids, units.names, strict=True)],
+        "connect_to": [LOOPBACK, units.port],
+        "intervals": {
+            "vitals": interval,
+            "lifetime": LONG_INTERVAL_S,
+            "wifi_status": LONG_INTERVAL_S,
+            "version": LONG_INTERVAL_S,
+        },
+        "slots": START_SLOTS,
+        "seconds": seconds,
+        "warmup_max_s": warmup_max_s,
+    }
+
+
+async def _run_subject(subject: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one subject's process to its end; its result, or BenchChildError in one line."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        SUBJECT_MODULES[subject],
+        json.dumps(spec),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    timeout_s = spec["warmup_max_s"] + spec["seconds"] + SUBJECT_SPARE_S
+    try:
+        async with asyncio.timeout(timeout_s):
+            out, err = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        message = f"the {subject} process did not finish within {timeout_s:.0f} s"
+        raise BenchChildError(message) from None
+    lines = out.decode(errors="replace").strip().splitlines()
+    if process.returncode != 0 or not lines:
+        errors = [line for line in err.decode(errors="replace").splitlines() if line.strip()]
+        last = errors[-1].strip() if errors else "no error output"
+        raise BenchChildError(
+            f"the {subject} process stopped (exit code {process.returncode}): {last}"
+        )
+    if err.strip():  # warnings of a run that finished: shown, not hidden
+        sys.stderr.write(err.decode(errors="replace"))
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def _figures(run: dict[str, Any]) -> dict[str, float]:
+    start, end = run["start"], run["end"]
+    wall = end["wall"] - start["wall"]
+    cpu = end["cpu"] - start["cpu"]
+    polls = end["polls"] - start["polls"]
+    sent = end["sent"] - start["sent"]
     return {
         "window_s": round(wall, 2),
         "polls": polls,
         "polls_per_s": round(polls / wall, 1),
         "cpu_s": round(cpu, 3),
         "cpu_percent": round(100 * cpu / wall, 1),
-        "cpu_ms_per_poll": round(1000 * cpu / polls, 3) if polls else float("nan"),
         "cpu_s_per_1000_polls": round(1000 * cpu / polls, 3) if polls else float("nan"),
-        "mqtt_msgs": end.sent - start.sent,
-        "mqtt_msgs_per_s": round((end.sent - start.sent) / wall, 1),
-        "http_errors": end.errors - start.errors,
+        "mqtt_msgs": sent,
+        "mqtt_msgs_per_s": round(sent / wall, 1),
+        "mqtt_msgs_per_poll": round(sent / polls, 1) if polls else float("nan"),
+        "http_errors": end["errors"] - start["errors"],
+        "peak_rss_mb": round(run["peak_rss_mb"], 1),
+        "startup_s": round(run["startup_s"], 1),
     }
-
-
-def _rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-# ---- the two measured phases ---------------------------------------------------------------------
-
-
-def _bridge_config(
-    units: _Units,
-    *,
-    host: str,
-    port: int,
-    interval: float,
-    data_dir: Path,
-    discovery: str,
-    publisher: PublisherSetting = "auto",
-) -> BridgeConfig:
-    return BridgeConfig(
-        bridge=BridgeSection(data_dir=data_dir),
-        mqtt=MqttConfig(
-            host=host, port=port, base_topic=BASE_TOPIC, client_id=RUN_ID, publisher=publisher
-        ),
-        homeassistant=HomeAssistantConfig(discovery=discovery, discovery_prefix=DISCOVERY_PREFIX),
-        polling=PollingConfig(
-            vitals_s=interval,
-            vitals_idle_s=interval,
-            lifetime_s=LONG_INTERVAL_S,
-            wifi_status_s=LONG_INTERVAL_S,
-            version_s=LONG_INTERVAL_S,
-        ),
-        connectors=[
-            ConnectorConfig(host=url.removeprefix("http://"), id=f"bench{index:04d}")
-            for index, url in enumerate(units.urls, start=1)
-        ],
-    )
-
-
-async def _measure_bridge(
-    config: BridgeConfig, units: _Units, seconds: float, warmup_max_s: float
-) -> tuple[dict[str, float], float, float, list[str]]:
-    counts = {"vitals": 0, "sent": 0, "errors": 0}
-    bridge = Bridge(
-        config,
-        client_factory=lambda c: _CountingClient(c.base_url, counts, units),
-        freeze_heap_when_settled=True,  # as twc3-bridge run does
-    )
-    _count_sent(bridge.outbox, counts)
-    stop = asyncio.Event()
-    began = time.monotonic()
-    task = asyncio.create_task(bridge.run(stop))
-    # Warm-up: every unit read all four endpoints once and the broker has everything the startup
-    # produced (~80 discovery configs a unit), then 2 s more: the window measures steady state.
-    startup_s = float("nan")
-    for _ in range(int(warmup_max_s / 0.1)):
-        if (
-            bridge.settled()
-            and all(p.status.online for p in bridge.pollers)
-            and not bridge.outbox.pending(1)
-        ):
-            startup_s = time.monotonic() - began
-            break
-        await asyncio.sleep(0.1)
-    start, end = await _measured(counts, seconds, warmup_s=2.0)
-    stop.set()
-    await task
-    created = [*bridge.outbox.retained_topics(), bridge.state_topic]
-    figures = _figures(start, end)
-    figures["startup_s"] = round(startup_s, 1)
-    return figures, start.wall, end.wall, created
-
-
-async def _measure_matched_baseline(
-    units: _Units, host: str, port: int, interval: float, seconds: float
-) -> tuple[dict[str, float], list[str]]:
-    counts = {"vitals": 0, "sent": 0, "errors": 0}
-    outbox = Outbox()
-    _count_sent(outbox, counts)
-    prefix = f"{RUN_ID}-matched"
-    link = MqttLink(
-        MqttConfig(host=host, port=port, client_id=prefix), outbox, state_topic=f"{prefix}/state"
-    )
-    clients = [units.client(url) for url in units.urls]
-    stop = asyncio.Event()
-
-    async def poll(index: int, client: TwcClient) -> None:
-        topic = f"{prefix}/{index}/vitals"
-        await asyncio.sleep(interval * (index % START_SLOTS) / START_SLOTS)  # as the bridge
-        while True:
-            started = time.monotonic()
-            try:
-                body = await client.fetch("vitals")
-                json.loads(body)
-            except (TwcError, ValueError):
-                counts["errors"] += 1
-            else:
-                counts["vitals"] += 1
-                outbox.put(topic, body.decode())
-            await asyncio.sleep(max(0.0, started + interval - time.monotonic()))
-
-    link_task = asyncio.create_task(link.run(stop))
-    pollers = [asyncio.create_task(poll(i, c)) for i, c in enumerate(clients)]
-    start, end = await _measured(counts, seconds, warmup_s=BASELINE_WARMUP_S)
-    for task in pollers:
-        task.cancel()
-    await asyncio.gather(*pollers, return_exceptions=True)
-    stop.set()
-    await link_task
-    for client in clients:
-        await client.aclose()
-    return _figures(start, end), [*outbox.retained_topics(), f"{prefix}/state"]
-
-
-async def _measure_bare_baseline(
-    units: _Units, host: str, port: int, interval: float, seconds: float
-) -> tuple[dict[str, float], list[str]]:
-    counts = {"vitals": 0, "sent": 0, "errors": 0}
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_bare(
-            units.urls,
-            connect_to=units.connect_to,
-            host=host,
-            port=port,
-            interval=interval,
-            identifier=f"{RUN_ID}-bare",
-            counts=counts,
-            stop=stop,
-            slots=START_SLOTS,
-        )
-    )
-    start, end = await _measured(counts, seconds, warmup_s=BASELINE_WARMUP_S)
-    stop.set()
-    await task
-    return _figures(start, end), []  # it publishes nothing retained
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -416,18 +424,42 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 def _delays(
-    records: list[tuple[float, str, bytes]], ticks: dict[str, float], start: float, end: float
+    records: list[tuple[float, str, bytes]],
+    ticks: dict[str, float],
+    start: float,
+    end: float,
+    base_topic: str,
 ) -> list[float]:
     delays = []
     for arrival, topic, payload in records:
-        if not start <= arrival <= end:
+        if not start <= arrival <= end or not topic.startswith(f"{base_topic}/"):
             continue
-        unit_id = topic.split("/")[1]
-        tick = ticks.get(unit_id)
+        tick = ticks.get(topic.split("/")[1])
         if tick is None or not payload.isdigit():
             continue
         delays.append(arrival - (tick + int(payload)))
     return delays
+
+
+def _latency(delays: list[float]) -> dict[str, float]:
+    return {
+        "latency_samples": len(delays),
+        "change_to_message_p50_s": round(_percentile(delays, 0.50), 3),
+        "change_to_message_p99_s": round(_percentile(delays, 0.99), 3),
+    }
+
+
+def summarize(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each figure of a subject's runs as its median, min and max."""
+    summary: dict[str, dict[str, float]] = {}
+    for key in runs[0]:
+        values = [run[key] for run in runs]
+        summary[key] = {
+            "median": round(statistics.median(values), 3),
+            "min": min(values),
+            "max": max(values),
+        }
+    return summary
 
 
 async def run_bench(
@@ -438,74 +470,88 @@ async def run_bench(
     port: int,
     interval: float = 1.0,
     discovery: str = "entity",
-    publisher: PublisherSetting = "auto",
     warmup_max_s: float = 60.0,
-    baselines: tuple[str, ...] = BASELINES,
+    repeat: int = DEFAULT_REPEAT,
+    subjects: tuple[str, ...] = SUBJECTS,
+    publisher: PublisherSetting = "auto",
 ) -> dict[str, Any]:
-    """Run the bridge, then each baseline, against ``units`` simulated units; return the figures."""
+    """Run the subjects in turn, ``repeat`` times, against ``units`` simulated units."""
     simulator = _Child(_simulator_child, units)
     subscriber: _Child | None = None
-    created: list[str] = []
+    runs: dict[str, list[dict[str, float]]] = {subject: [] for subject in subjects}
+    windows: list[tuple[str, float, float]] = []
     try:
         simulator_port, unit_ticks = simulator.receive()
         simulated = _Units(
-            urls=[f"http://{name}:{simulator_port}" for name, _ in unit_ticks],
-            connect_to=(LOOPBACK, simulator_port),
+            names=[name for name, _ in unit_ticks],
+            port=simulator_port,
+            ticks={f"bench{i:04d}": tick for i, (_, tick) in enumerate(unit_ticks, start=1)},
         )
-        ticks = {f"bench{i:04d}": tick for i, (_, tick) in enumerate(unit_ticks, start=1)}
-        # Passed on: the child's own RUN_ID would carry its own process id.
-        subscriber = _Child(_subscriber_child, host, port, BASE_TOPIC)
+        topics = [f"{BASE_TOPIC}/+/vitals/uptime_s", f"{BASELINE_BASE_TOPIC}/+/vitals/uptime_s"]
+        subscriber = _Child(_subscriber_child, host, port, topics, BASE_TOPIC)
         subscriber.receive()
-        with tempfile.TemporaryDirectory(prefix="twc3-bench-") as data_dir:
-            config = _bridge_config(
-                simulated,
-                host=host,
-                port=port,
-                interval=interval,
-                data_dir=Path(data_dir),
-                discovery=discovery,
-                publisher=publisher,
-            )
-            bridge, start, end, created = await _measure_bridge(
-                config, simulated, seconds, warmup_max_s
-            )
-        bridge["peak_rss_mb"] = _rss_mb()
+        for _ in range(repeat):
+            for subject in subjects:
+                spec = _subject_spec(
+                    subject,
+                    simulated,
+                    host=host,
+                    port=port,
+                    interval=interval,
+                    seconds=seconds,
+                    discovery=discovery,
+                    warmup_max_s=warmup_max_s,
+                    publisher=publisher,
+                )
+                run = await _run_subject(subject, spec)
+                await _clean_up(host, port, run["topics"])
+                runs[subject].append(_figures(run))
+                windows.append((subject, run["start"]["wall"], run["end"]["wall"]))
         subscriber.conn.send("stop")
         records: list[tuple[float, str, bytes]] = subscriber.receive()
-        delays = _delays(records, ticks, start, end)
-        bridge["latency_samples"] = len(delays)
-        bridge["change_to_message_p50_s"] = round(_percentile(delays, 0.50), 3)
-        bridge["change_to_message_p99_s"] = round(_percentile(delays, 0.99), 3)
-        bridge["change_to_message_max_s"] = round(max(delays, default=float("nan")), 3)
-        result: dict[str, Any] = {
-            "units": units,
-            "seconds": seconds,
-            "interval_s": interval,
-            "discovery": discovery,
-            "broker": f"{host}:{port}",
-            "simulator": SIMULATOR_ROUTING,
-            "bridge": bridge,
-        }
-        measure = {"bare": _measure_bare_baseline, "matched": _measure_matched_baseline}
-        for name in baselines:
-            figures, topics = await measure[name](simulated, host, port, interval, seconds)
-            created += topics
-            result[f"baseline_{name}"] = figures
-            if figures["polls"] and bridge["polls"]:
-                result[f"cpu_per_poll_ratio_{name}"] = round(
-                    bridge["cpu_ms_per_poll"] / figures["cpu_ms_per_poll"], 2
-                )
-        return result
     finally:
         if subscriber is not None:
             subscriber.stop()
         simulator.stop()
-        if created:
-            await _clean_up(host, port, created)
+    latencies: dict[str, list[dict[str, float]]] = {subject: [] for subject in subjects}
+    for subject, start, end in windows:
+        base = BASE_TOPIC if subject == "bridge" else BASELINE_BASE_TOPIC
+        latencies[subject].append(_latency(_delays(records, simulated.ticks, start, end, base)))
+    for subject in subjects:
+        for figures, latency in zip(runs[subject], latencies[subject], strict=True):
+            figures.update(latency)
+    result: dict[str, Any] = {
+        "units": units,
+        "seconds": seconds,
+        "repeat": repeat,
+        "interval_s": interval,
+        "discovery": discovery,
+        "publisher": publisher,
+        "broker": f"{host}:{port}",
+        "simulator": SIMULATOR_ROUTING,
+        "runs": runs,
+    }
+    for subject in subjects:
+        result[subject] = summarize(runs[subject])
+    if "baseline" in runs and "bridge" in runs:
+        ratios = [
+            bridge["cpu_s_per_1000_polls"] / base["cpu_s_per_1000_polls"]
+            for bridge, base in zip(runs["bridge"], runs["baseline"], strict=True)
+            if bridge["polls"] and base["polls"]
+        ]
+        if ratios:
+            result["cpu_per_poll_ratio"] = {
+                "median": round(statistics.median(ratios), 2),
+                "min": round(min(ratios), 2),
+                "max": round(max(ratios), 2),
+            }
+    return result
 
 
 async def _clean_up(host: str, port: int, topics: list[str]) -> None:
-    """Delete the retained topics the run created; a broker gone by now only gets a warning."""
+    """Delete the retained topics a run created; a broker gone by now only gets a warning."""
+    if not topics:
+        return
     config = MqttConfig(host=host, port=port)
     try:
         await delete_retained(config, sorted(set(topics)), identifier=f"{RUN_ID}-cleanup")
@@ -515,34 +561,47 @@ async def _clean_up(host: str, port: int, topics: list[str]) -> None:
         )
 
 
+ROWS: Final = (
+    ("window s", "window_s"),
+    ("polls/s (vitals)", "polls_per_s"),
+    ("CPU % of one core", "cpu_percent"),
+    ("CPU s / 1000 polls", "cpu_s_per_1000_polls"),
+    ("MQTT msgs/s", "mqtt_msgs_per_s"),
+    ("MQTT msgs / poll", "mqtt_msgs_per_poll"),
+    ("HTTP errors", "http_errors"),
+    ("peak RSS MB", "peak_rss_mb"),
+    ("change->message p50 s", "change_to_message_p50_s"),
+    ("change->message p99 s", "change_to_message_p99_s"),
+    ("latency samples", "latency_samples"),
+    ("startup s", "startup_s"),
+)
+
+
+def _cell(summary: dict[str, float]) -> str:
+    low, high = f"{summary['min']:g}", f"{summary['max']:g}"
+    median = f"{summary['median']:g}"
+    return median if low == high else f"{median} ({low}-{high})"
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """The figures as a small text table: the bridge, then each baseline that ran."""
-    bridge = result["bridge"]
-    names = [name for name in BASELINES if f"baseline_{name}" in result]
-    columns = [bridge, *(result[f"baseline_{name}"] for name in names)]
-
-    def row(label: str, key: str, unit: str = "") -> str:
-        cells = [f"{column[key]!s}{unit}" if key in column else "" for column in columns]
-        return f"{label:26}" + "".join(f"{cell:>14}" for cell in cells)
-
-    lines = [f"{'':26}" + "".join(f"{h:>14}" for h in ["bridge", *(f"{n} base" for n in names)])]
-    lines.append(f"{'units / interval':26}{result['units']:>14} / {result['interval_s']} s")
-    lines += [
-        row("window", "window_s", " s"),
-        row("polls/s (vitals)", "polls_per_s"),
-        row("CPU % of one core", "cpu_percent"),
-        row("CPU s / 1000 polls", "cpu_s_per_1000_polls"),
-        row("MQTT msgs/s", "mqtt_msgs_per_s"),
-        row("HTTP errors", "http_errors"),
-        row("peak RSS MB", "peak_rss_mb"),
-        row("change->message p50 s", "change_to_message_p50_s"),
-        row("change->message p99 s", "change_to_message_p99_s"),
-        row("latency samples", "latency_samples"),
-        row("startup (all published) s", "startup_s"),
+    """The figures as a text table: median (min-max) of each subject's runs."""
+    subjects = [subject for subject in SUBJECTS if subject in result]
+    width = 26
+    lines = [
+        (
+            f"{result['units']} units, vitals every {result['interval_s']} s,"
+            f" {result['repeat']} run(s) of {result['seconds']} s per subject, interleaved;"
+            " median (min-max)"
+        ),
+        f"{'':{width}}" + "".join(f"{subject:>27}" for subject in subjects),
     ]
-    for name in names:
-        ratio = result.get(f"cpu_per_poll_ratio_{name}", "n/a")
-        lines.append(f"{f'CPU per poll / {name}':26}{ratio!s:>14}")
+    for label, key in ROWS:
+        cells = [_cell(result[s][key]) if key in result[s] else "" for s in subjects]
+        lines.append(f"{label:{width}}" + "".join(f"{cell:>27}" for cell in cells))
+    if "cpu_per_poll_ratio" in result:
+        lines.append(
+            f"{'CPU per poll, bridge/base':{width}}{_cell(result['cpu_per_poll_ratio']):>27}"
+        )
     lines.append(
         f"discovery: {result['discovery']}, broker {result['broker']},"
         f" simulator: {result['simulator']}"
@@ -568,7 +627,8 @@ def bench_main(
     interval: float,
     json_path: Path | None,
     discovery: str,
-    baselines: tuple[str, ...] = BASELINES,
+    repeat: int = DEFAULT_REPEAT,
+    subjects: tuple[str, ...] = SUBJECTS,
     publisher: PublisherSetting = "auto",
 ) -> int:
     """Run the benchmark, print the table, optionally write the JSON; returns the exit code."""
@@ -586,7 +646,8 @@ def bench_main(
                 port=port,
                 interval=interval,
                 discovery=discovery,
-                baselines=baselines,
+                repeat=repeat,
+                subjects=subjects,
                 publisher=publisher,
             )
         )
@@ -601,3 +662,7 @@ def bench_main(
             print(f"error: cannot write {json_path}: {error.strerror or error}", file=sys.stderr)  # noqa: T201
             return 1
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_bridge_subject_main(sys.argv[1:]))

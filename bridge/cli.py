@@ -222,11 +222,9 @@ def _broker_address(text: str) -> tuple[str, int]:
     return host, _port_number(port)
 
 
-BENCH_BASELINES: dict[str, tuple[str, ...]] = {
-    "both": ("bare", "matched"),
-    "bare": ("bare",),
-    "matched": ("matched",),
-    "none": (),
+BENCH_SUBJECTS: dict[str, tuple[str, ...]] = {
+    "plain": ("bridge", "baseline"),
+    "none": ("bridge",),
 }
 
 
@@ -234,8 +232,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Measure the bridge against simulated units and a bare baseline."""
     from bridge.bench import bench_main  # noqa: PLC0415 - the benchmark is optional
 
-    if not 1 <= args.units <= 1000 or not 1 <= args.seconds <= 3600:  # noqa: PLR2004
-        print("error: --units takes 1-1000 and --seconds 1-3600", file=sys.stderr)
+    if not 1 <= args.units <= 1000 or not 1 <= args.seconds <= 3600 or not 1 <= args.repeat <= 20:  # noqa: PLR2004
+        print("error: --units takes 1-1000, --seconds 1-3600, --repeat 1-20", file=sys.stderr)
         return EXIT_USAGE
     host, port = args.broker
     return bench_main(
@@ -246,7 +244,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         interval=args.interval,
         json_path=Path(args.json) if args.json else None,
         discovery=args.discovery,
-        baselines=BENCH_BASELINES[args.baseline],
+        repeat=args.repeat,
+        subjects=BENCH_SUBJECTS[args.baseline],
         publisher=args.publisher,
     )
 
@@ -347,10 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--baseline",
-        choices=list(BENCH_BASELINES),
-        default="both",
-        help="baselines to measure after the bridge: bare (httpx and aiomqtt used directly), "
-        "matched (the bridge's own HTTP client and MQTT link), both (default) or none",
+        choices=list(BENCH_SUBJECTS),
+        default="plain",
+        help="plain (default): also run the plain program doing the bridge's job (h11, "
+        "json.loads, paho publish), in turns with the bridge; none: the bridge alone",
+    )
+    bench.add_argument(
+        "--repeat", type=int, default=3, help="runs of each subject, interleaved (default 3)"
     )
     bench.add_argument(
         "--publisher",
