@@ -1,5 +1,5 @@
 """Entry point for ``python -m bridge``."""
 
-from bridge.cli import main
+from bridge.tools.cli import main
 
 raise SystemExit(main())

@@ -38,7 +38,7 @@ import aiomqtt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bridge.simulator import JsonBody, SimulatedUnit, UnitServer  # noqa: E402 - after the path
+from bridge.sim.simulator import JsonBody, SimulatedUnit, UnitServer  # noqa: E402 - after the path
 
 UNIT_ID = "churn"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

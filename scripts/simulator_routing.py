@@ -2,7 +2,7 @@
 
 ``.venv/bin/python scripts/simulator_routing.py --units 1000 --seconds 20 [--json FILE]``
 
-For each mode a **simulator** child serves N :class:`~bridge.simulator.SimulatedUnit` (built as
+For each mode a **simulator** child serves N :class:`~bridge.sim.simulator.SimulatedUnit` (built as
 ``twc3-bridge bench`` builds them) on 127.0.0.1, and a **driver** child holds one keep-alive
 HTTP/1.1 connection per unit and sends ``GET /api/1/vitals`` on each once per second, the N
 requests spread evenly over the second. After a warm-up, the simulator child's CPU time
@@ -12,8 +12,8 @@ the child's RSS before it built the units, per unit (its connections included). 
 cost is not measured; "p99 ms" is its 99th-percentile request-to-response time in the window,
 "missed" the once-a-second slots it skipped because an answer came more than a second late.
 
-* ``port``: one :class:`~bridge.simulator.UnitServer`, so one listening socket, per unit.
-* ``host``: one :class:`~bridge.simulator.HostRoutedServer`: a single listening socket; the
+* ``port``: one :class:`~bridge.sim.simulator.UnitServer`, so one listening socket, per unit.
+* ``host``: one :class:`~bridge.sim.simulator.HostRoutedServer`: a single listening socket; the
   ``Host`` header (the unit's serial) picks the unit. Only body-level quirks matter to this
   comparison; the transport quirks are not supported in this mode (``refuse`` is ignored, the
   others are untested).
@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, Literal, NoReturn, TypeAlias, cast, get_args
 
-from bridge.simulator import (
+from bridge.sim.simulator import (
     VITALS_PATH,
     HostRoutedServer,
     UnitServer,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from bridge.discovery import Site, UnitInfo
+from bridge.presentation.discovery import Site, UnitInfo
 
 SITE: Final = Site(prefix="homeassistant", base_topic="twc3")
 GARAGE: Final = UnitInfo(

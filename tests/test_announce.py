@@ -13,8 +13,8 @@ from typing import Any, Final
 
 import pytest
 
-from bridge.announce import Announcer, Reannouncer
-from bridge.discovery import (
+from bridge.core.outbox import Deferred, Message, Outbox
+from bridge.presentation.discovery import (
     DiscoveryMode,
     UnitInfo,
     bridge_configs,
@@ -22,8 +22,8 @@ from bridge.discovery import (
     entity_configs,
     unit_entities,
 )
-from bridge.outbox import Deferred, Message, Outbox
-from bridge.statefile import StateFile
+from bridge.runtime.announce import Announcer, Reannouncer
+from bridge.runtime.statefile import StateFile
 from tests.discovery_samples import GARAGE, SITE
 from tests.ha_schema import problems_in_device_config, problems_in_entity_config
 

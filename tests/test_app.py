@@ -1,4 +1,4 @@
-"""bridge.app: once startup is over, the long-lived heap is frozen for the garbage collector."""
+"""The bridge: once startup is over, the long-lived heap is frozen for the garbage collector."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-import bridge.app
-import bridge.poller
-from bridge.app import Bridge
-from bridge.config import BridgeConfig, ConnectorConfig
-from bridge.models import ENDPOINTS
-from bridge.simulator import SimulatedUnit, simulated_serial
-from bridge.twc import TwcClient
+import bridge.runtime.app
+import bridge.runtime.poller
+from bridge.adapters.twc import TwcClient
+from bridge.core.config import BridgeConfig, ConnectorConfig
+from bridge.core.models import ENDPOINTS
+from bridge.runtime.app import Bridge
+from bridge.sim.simulator import SimulatedUnit, simulated_serial
 
 
 def closed_port() -> int:
@@ -59,11 +59,11 @@ def unfrozen_afterwards() -> Iterator[None]:
 async def test_heap_frozen_only_when_asked_and_only_once_every_unit_was_asked_everything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, freeze: bool
 ) -> None:
-    monkeypatch.setattr(bridge.app, "SETTLE_CHECK_S", 0.05)
+    monkeypatch.setattr(bridge.runtime.app, "SETTLE_CHECK_S", 0.05)
     # Startup asks each unit its four endpoints ~1 s apart; the order matters here, not the pace.
-    monkeypatch.setattr(bridge.poller, "MIN_START_GAP_S", 0.05)
-    monkeypatch.setattr(bridge.poller, "MIN_IDLE_S", 0.01)
-    monkeypatch.setattr(bridge.poller, "MIN_REQUEST_GAP_S", 0.05)
+    monkeypatch.setattr(bridge.runtime.poller, "MIN_START_GAP_S", 0.05)
+    monkeypatch.setattr(bridge.runtime.poller, "MIN_IDLE_S", 0.01)
+    monkeypatch.setattr(bridge.runtime.poller, "MIN_REQUEST_GAP_S", 0.05)
     units = {f"unit{i}.invalid": SimulatedUnit(simulated_serial(i), seed=i) for i in (1, 2)}
     config = BridgeConfig.model_validate(
         {

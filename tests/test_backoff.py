@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.backoff import Backoff
+from bridge.core.backoff import Backoff
 
 
 def _middle() -> float:

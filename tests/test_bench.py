@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from bridge import bench
-from bridge.bench import BenchChildError, _Child
+from bridge.sim import bench
+from bridge.sim.bench import BenchChildError, _Child
 from tests.conftest import Broker, collect_retained
 
 
@@ -25,7 +25,7 @@ def test_bench_reports_every_figure_and_leaves_no_retained_topic(
         [
             sys.executable,
             "-c",
-            "import sys; from bridge.cli import main; sys.exit(main(sys.argv[1:]))",
+            "import sys; from bridge.tools.cli import main; sys.exit(main(sys.argv[1:]))",
             "bench",
             "--units",
             "3",
@@ -101,8 +101,8 @@ def test_delays_count_only_the_subjects_topics_inside_its_window() -> None:
 
 
 def test_the_baseline_reads_one_unit_over_one_connection_and_rejects_an_unknown_host() -> None:
-    from bridge.baseline import _HttpConnection  # noqa: PLC0415 - the pure part ends above
-    from bridge.simulator import HostRoutedServer, bench_units  # noqa: PLC0415
+    from bridge.sim.baseline import _HttpConnection  # noqa: PLC0415 - the pure part ends above
+    from bridge.sim.simulator import HostRoutedServer, bench_units  # noqa: PLC0415
 
     async def scenario() -> tuple[list[dict[str, Any]], str]:
         (unit,) = bench_units(1)
@@ -149,7 +149,7 @@ def test_bench_with_no_broker_says_so_in_one_line() -> None:
         [
             sys.executable,
             "-c",
-            "import sys; from bridge.cli import main; sys.exit(main(sys.argv[1:]))",
+            "import sys; from bridge.tools.cli import main; sys.exit(main(sys.argv[1:]))",
             "bench",
             "--units",
             "1",

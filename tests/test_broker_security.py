@@ -20,8 +20,8 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from bridge.config import CONFIG_ENV, PASSWORD_ENV
-from bridge.simulator import SimulatedUnit, UnitServer
+from bridge.core.config import CONFIG_ENV, PASSWORD_ENV
+from bridge.sim.simulator import SimulatedUnit, UnitServer
 from tests.conftest import Broker, require_mosquitto
 
 pytestmark = pytest.mark.broker

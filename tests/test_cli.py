@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 import bridge
-from bridge.config import CONFIG_ENV, PASSWORD_ENV
-from bridge.simulator import SimulatedUnit, UnitServer
+from bridge.core.config import CONFIG_ENV, PASSWORD_ENV
+from bridge.sim.simulator import SimulatedUnit, UnitServer
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

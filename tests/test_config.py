@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from bridge.config import (
+from bridge.core.config import (
     PASSWORD_ENV,
     BridgeConfig,
     ConfigError,

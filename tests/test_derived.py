@@ -12,7 +12,7 @@ import pytest
 from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
-from bridge.derived import (
+from bridge.core.derived import (
     ENERGY_TOLERANCE_WH,
     Event,
     EventTracker,
@@ -32,7 +32,7 @@ from bridge.derived import (
     power_w,
     status,
 )
-from bridge.models import Vitals
+from bridge.core.models import Vitals
 
 # Invented samples in the layouts docs/device-api.md describes
 # ('Vitals fields', 'Computing power', 'Split-phase layouts'); no real unit's values.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.simulator import Scenario, SimulatedUnit, UnitServer
+from bridge.sim.simulator import Scenario, SimulatedUnit, UnitServer
 from tests.conftest import Broker, subscriber, wait_for_retained
 
 pytestmark = pytest.mark.broker

@@ -12,8 +12,8 @@ from typing import Any, Final
 import pytest
 
 from bridge import __version__
-from bridge.derived import EVSE_STATE_NAMES, evse_state_name
-from bridge.discovery import (
+from bridge.core.derived import EVSE_STATE_NAMES, evse_state_name
+from bridge.presentation.discovery import (
     UnitInfo,
     bridge_configs,
     device_config,
@@ -21,14 +21,14 @@ from bridge.discovery import (
     object_id,
     unit_entities,
 )
-from bridge.entities import (
+from bridge.presentation.entities import (
     ENTITIES,
     EVSE_STATE_UNKNOWN,
     Entity,
     entities_for_fields,
     entity_for,
 )
-from bridge.publishing import field_messages
+from bridge.presentation.publishing import field_messages
 from tests.discovery_samples import GARAGE as INFO
 from tests.discovery_samples import SITE
 from tests.ha_schema import (

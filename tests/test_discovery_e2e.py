@@ -15,8 +15,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from bridge.entities import ENTITIES, entities_for_fields
-from bridge.simulator import Scenario, SimulatedUnit, UnitServer
+from bridge.presentation.entities import ENTITIES, entities_for_fields
+from bridge.sim.simulator import Scenario, SimulatedUnit, UnitServer
 from tests.conftest import Broker, collect_retained, subscriber, wait_for_retained
 
 pytestmark = pytest.mark.broker

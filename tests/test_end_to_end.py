@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.simulator import Scenario, SimulatedUnit, UnitServer
+from bridge.sim.simulator import Scenario, SimulatedUnit, UnitServer
 from tests.conftest import Broker, collect_retained, wait_for_retained
 
 pytestmark = pytest.mark.broker

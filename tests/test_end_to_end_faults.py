@@ -19,8 +19,8 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from bridge.config import CONFIG_ENV, PASSWORD_ENV
-from bridge.simulator import Quirks, SimulatedUnit, UnitServer
+from bridge.core.config import CONFIG_ENV, PASSWORD_ENV
+from bridge.sim.simulator import Quirks, SimulatedUnit, UnitServer
 from tests.conftest import Broker, collect_retained, subscriber, wait_for_retained
 
 pytestmark = pytest.mark.broker

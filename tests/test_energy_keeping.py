@@ -12,13 +12,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import bridge.poller
-from bridge.app import Bridge
-from bridge.config import BridgeConfig
-from bridge.derived import SessionEnergy, continued_energy
-from bridge.models import Endpoint
-from bridge.statefile import StateFile
-from bridge.twc import TwcBadResponseError, TwcClient
+import bridge.runtime.poller
+from bridge.adapters.twc import TwcBadResponseError, TwcClient
+from bridge.core.config import BridgeConfig
+from bridge.core.derived import SessionEnergy, continued_energy
+from bridge.core.models import Endpoint
+from bridge.runtime.app import Bridge
+from bridge.runtime.statefile import StateFile
 
 SERIAL = "SIMKEEP00001"
 HOST = "192.0.2.40"
@@ -164,8 +164,8 @@ def _saved_file(data_dir: Path, *records: tuple[str | None, str | None, float]) 
 
 @pytest.fixture(autouse=True)
 def _quick_spacing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bridge.poller, "MIN_START_GAP_S", 0.0)
-    monkeypatch.setattr(bridge.poller, "MIN_IDLE_S", 0.0)
+    monkeypatch.setattr(bridge.runtime.poller, "MIN_START_GAP_S", 0.0)
+    monkeypatch.setattr(bridge.runtime.poller, "MIN_IDLE_S", 0.0)
 
 
 async def test_the_total_is_restored_by_connector_key_before_the_first_poll(

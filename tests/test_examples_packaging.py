@@ -22,9 +22,9 @@ from packaging.utils import canonicalize_name
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from bridge.config import BridgeConfig, default_data_dir, load_config
-from bridge.discovery import UnitInfo, _entity_ids
-from bridge.entities import ENTITIES
+from bridge.core.config import BridgeConfig, default_data_dir, load_config
+from bridge.presentation.discovery import UnitInfo, _entity_ids
+from bridge.presentation.entities import ENTITIES
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -383,7 +383,7 @@ def test_wheel_contains_package_and_command(tmp_path: Path) -> None:
         names = archive.namelist()
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         scripts = archive.read(entry_points).decode()
-    assert {"bridge/__init__.py", "bridge/cli.py", "bridge/__main__.py"} <= set(names)
+    assert {"bridge/__init__.py", "bridge/tools/cli.py", "bridge/__main__.py"} <= set(names)
     assert not [n for n in names if n.startswith("tests/")]
     assert re.search(r"^twc3-bridge\s*=\s*bridge\.cli:main$", scripts, re.MULTILINE)
 

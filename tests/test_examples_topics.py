@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bridge.simulator import Scenario, SimulatedUnit, UnitServer
+from bridge.sim.simulator import Scenario, SimulatedUnit, UnitServer
 from tests.conftest import Broker, collect_retained, subscriber, wait_for_retained
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from bridge.failurelog import FailureLog, Report
+from bridge.core.failurelog import FailureLog, Report
 
 INTERVAL = 300.0
 

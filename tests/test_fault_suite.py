@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.config import CONFIG_ENV, PASSWORD_ENV
-from bridge.derivation import UnitDerivation
-from bridge.models import ENDPOINTS, Endpoint, ParsedBody, ParseError, parse_endpoint
-from bridge.simulator import Quirks, SimulatedUnit, UnitServer
+from bridge.core.config import CONFIG_ENV, PASSWORD_ENV
+from bridge.core.derivation import UnitDerivation
+from bridge.core.models import ENDPOINTS, Endpoint, ParsedBody, ParseError, parse_endpoint
+from bridge.sim.simulator import Quirks, SimulatedUnit, UnitServer
 from tests.conftest import Broker, subscriber, wait_for_retained
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.fieldbudget import FIELD_CAP
-from bridge.simulator import JsonBody, SimulatedUnit, UnitServer
+from bridge.core.fieldbudget import FIELD_CAP
+from bridge.sim.simulator import JsonBody, SimulatedUnit, UnitServer
 from tests.conftest import Broker, wait_for_retained
 from tests.test_fault_suite import (
     assert_clean_log,

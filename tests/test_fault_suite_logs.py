@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bridge.simulator import VITALS_PATH, SimulatedUnit, UnitServer
+from bridge.sim.simulator import VITALS_PATH, SimulatedUnit, UnitServer
 from tests.conftest import Broker, wait_for_retained
 from tests.test_cli import probe_cli
 from tests.test_fault_suite import (

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import pytest
 
-from bridge.simulator import Scenario, SimulatedUnit, UnitServer
+from bridge.sim.simulator import Scenario, SimulatedUnit, UnitServer
 from tests.conftest import Broker
 from tests.test_fault_suite import (
     Bridge,

@@ -17,7 +17,7 @@ from typing import Final
 
 import pytest
 
-from bridge.simulator import JsonBody, SimulatedUnit, UnitServer
+from bridge.sim.simulator import JsonBody, SimulatedUnit, UnitServer
 from tests.conftest import Broker, wait_for_retained
 from tests.test_fault_suite import (
     assert_clean_log,

@@ -7,13 +7,13 @@ import logging
 
 import pytest
 
-from bridge.announce import MAX_REMOVED_STUBS, Announcer
-from bridge.app import announced_fields
-from bridge.fieldbudget import RETIRE_AFTER_READS, RETIRE_AFTER_S, Admission, FieldBudget
-from bridge.homie import HomiePublisher
-from bridge.models import parse_endpoint
-from bridge.outbox import Message, Outbox
-from bridge.publishing import UnitTopics, publish_body
+from bridge.core.fieldbudget import RETIRE_AFTER_READS, RETIRE_AFTER_S, Admission, FieldBudget
+from bridge.core.models import parse_endpoint
+from bridge.core.outbox import Message, Outbox
+from bridge.presentation.homie import HomiePublisher
+from bridge.presentation.publishing import UnitTopics, publish_body
+from bridge.runtime.announce import MAX_REMOVED_STUBS, Announcer
+from bridge.runtime.app import announced_fields
 from tests.discovery_samples import GARAGE, SITE
 from tests.test_poller import make_poller, poll_until
 
@@ -171,7 +171,7 @@ async def test_a_churning_unit_keeps_bounded_topics_and_logs_once(
         return json.dumps(body).encode()
 
     poller._fetcher = type("Churn", (), {"fetch": staticmethod(churn)})()
-    with caplog.at_level(logging.DEBUG, logger="bridge.poller"):
+    with caplog.at_level(logging.DEBUG, logger="bridge.runtime.poller"):
         for _ in range(6):
             await poll_until(poller, time_source, 10)
             held = [t for t in outbox.retained_topics() if t.startswith("twc3/garage/vitals/")]

@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-from bridge.parsing import decode_body
+from bridge.core.parsing import decode_body
 from tests.conftest import FIXTURES
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "sanitise_fixture.py"

@@ -10,12 +10,12 @@ from typing import cast
 
 import pytest
 
-from bridge.app import Bridge
-from bridge.config import BridgeConfig, ConfigError, load_config
-from bridge.derived import joined_leader_ap, role
-from bridge.groups import MemberState, group_values
-from bridge.poller import ConnectorPoller, reachability
-from bridge.twc import TwcClient
+from bridge.adapters.twc import TwcClient
+from bridge.core.config import BridgeConfig, ConfigError, load_config
+from bridge.core.derived import joined_leader_ap, role
+from bridge.core.groups import MemberState, group_values
+from bridge.runtime.app import Bridge
+from bridge.runtime.poller import ConnectorPoller, reachability
 
 
 @pytest.mark.parametrize(

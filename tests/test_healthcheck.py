@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.simulator import SimulatedUnit, UnitServer
+from bridge.sim.simulator import SimulatedUnit, UnitServer
 from tests.conftest import Broker
 
 pytestmark = pytest.mark.broker

@@ -8,9 +8,10 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from bridge.config import BridgeConfig, HomieConfig
-from bridge.entities import ENTITIES, entity_for
-from bridge.homie import (
+from bridge.core.config import BridgeConfig, HomieConfig
+from bridge.core.outbox import Outbox
+from bridge.presentation.entities import ENTITIES, entity_for
+from bridge.presentation.homie import (
     HOMIE_UNITS,
     HOMIE_VERSION,
     HomiePublisher,
@@ -27,8 +28,7 @@ from bridge.homie import (
     unit_values,
     value_messages,
 )
-from bridge.outbox import Outbox
-from bridge.simulator import SimulatedUnit
+from bridge.sim.simulator import SimulatedUnit
 
 ROOT = "homie/twc3-bridge"
 NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")

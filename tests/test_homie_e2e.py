@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.homie import is_homie_id
-from bridge.simulator import Scenario, SimulatedUnit, UnitServer
+from bridge.presentation.homie import is_homie_id
+from bridge.sim.simulator import Scenario, SimulatedUnit, UnitServer
 from tests.conftest import Broker, collect_retained, wait_for_retained
 
 pytestmark = pytest.mark.broker

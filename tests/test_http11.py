@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.http11 import (
+from bridge.adapters.http11 import (
     MAX_CHUNK_LINE_BYTES,
     MAX_HEAD_BYTES,
     ProtocolError,

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.cli import LOG_DATE_FORMAT, LOG_FORMAT
-from bridge.logtext import MAX_MESSAGE_CHARS, EscapingFormatter, escaped
+from bridge.core.logtext import MAX_MESSAGE_CHARS, EscapingFormatter, escaped
+from bridge.tools.cli import LOG_DATE_FORMAT, LOG_FORMAT
 
 HOSTILE_SERIAL = "AB\n\x1b[31mC"
 
@@ -119,7 +119,7 @@ def test_formatter_bounds_one_message() -> None:
 
 def test_setup_logging_installs_the_escaping_formatter(monkeypatch: pytest.MonkeyPatch) -> None:
     """``run``'s logging goes through the escaping formatter."""
-    from bridge.cli import setup_logging  # noqa: PLC0415 - needs the patched root logger
+    from bridge.tools.cli import setup_logging  # noqa: PLC0415 - needs the patched root logger
 
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])

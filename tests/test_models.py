@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bridge.models import (
+from bridge.core.models import (
     ENDPOINTS,
     MODEL_FOR,
     Endpoint,

@@ -8,8 +8,7 @@ import contextlib
 import aiomqtt
 import pytest
 
-from bridge.config import MqttConfig
-from bridge.mqtt import (
+from bridge.adapters.mqtt import (
     STABLE_AFTER_S,
     ConnectionWatch,
     MessageGuard,
@@ -17,8 +16,9 @@ from bridge.mqtt import (
     ProtocolChoice,
     refused_the_protocol,
 )
-from bridge.mqtt_fastpath import BrokerSays, PublisherSetting
-from bridge.outbox import Outbox
+from bridge.adapters.mqtt_fastpath import BrokerSays, PublisherSetting
+from bridge.core.config import MqttConfig
+from bridge.core.outbox import Outbox
 from tests.conftest import free_port
 
 # --- sizes ---------------------------------------------------------------------------------------

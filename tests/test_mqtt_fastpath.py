@@ -1,4 +1,4 @@
-"""The canary for bridge/mqtt_fastpath.py: fails when the aiomqtt/paho internals it uses change."""
+"""The canary for the MQTT fast path: fails when the aiomqtt/paho internals it uses change."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge import mqtt_fastpath
-from bridge.config import MqttConfig
-from bridge.mqtt import make_client, publish_packet_bytes
-from bridge.mqtt_fastpath import (
+from bridge.adapters import mqtt_fastpath
+from bridge.adapters.mqtt import make_client, publish_packet_bytes
+from bridge.adapters.mqtt_fastpath import (
     FastPublisher,
     PlainPublisher,
     PublisherChoice,
@@ -22,6 +21,7 @@ from bridge.mqtt_fastpath import (
     paho_client,
     paho_frame,
 )
+from bridge.core.config import MqttConfig
 
 REPO = Path(__file__).resolve().parent.parent
 # What reaching into a library looks like (the fast path's own door, and nowhere else).
@@ -54,7 +54,7 @@ def test_only_the_fast_path_module_reaches_into_library_internals() -> None:
         for path in (REPO / "bridge").rglob("*.py")
         if INTERNALS.search(path.read_text(encoding="utf-8"))
     )
-    assert reaching == ["bridge/mqtt_fastpath.py"]
+    assert reaching == ["bridge/adapters/mqtt_fastpath.py"]
 
 
 # --- falling back --------------------------------------------------------------------------------
@@ -79,7 +79,7 @@ async def test_a_missing_internal_means_the_plain_publisher_with_one_warning(
     choice = PublisherChoice()
     publishers = [choice.for_client(crippled_client(monkeypatch, None)) for _ in range(3)]
     assert [p.name for p in publishers] == ["plain"] * 3
-    warnings = [r.getMessage() for r in caplog.records if r.name == "bridge.mqtt_fastpath"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "bridge.adapters.mqtt_fastpath"]
     assert len(warnings) == 1, warnings
     assert "plain API" in warnings[0]
     assert "_sock_close" in warnings[0]
@@ -198,7 +198,8 @@ def test_topics_paho_must_judge_are_not_framed_by_us(topic: str) -> None:
 
 
 def test_bench_can_measure_the_plain_publisher(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bridge import bench, cli  # noqa: PLC0415 - the bench is imported by its command only
+    from bridge.sim import bench  # noqa: PLC0415 - the bench is imported by its command only
+    from bridge.tools import cli  # noqa: PLC0415 - as the command line imports it
 
     async def reachable(*_: object) -> None:
         return None

@@ -13,15 +13,14 @@ import aiomqtt
 import paho.mqtt.client as paho
 import pytest
 
-from bridge.config import MqttConfig
-from bridge.mqtt import (
+from bridge.adapters.mqtt import (
     CONFIRM_EVERY_MESSAGES,
     CONFIRM_EVERY_S,
     MAX_BATCH,
     MqttLink,
     make_client,
 )
-from bridge.mqtt_fastpath import (
+from bridge.adapters.mqtt_fastpath import (
     FastPublisher,
     PlainPublisher,
     Publisher,
@@ -29,7 +28,8 @@ from bridge.mqtt_fastpath import (
     PublisherSetting,
     paho_client,
 )
-from bridge.outbox import Message, Outbox
+from bridge.core.config import MqttConfig
+from bridge.core.outbox import Message, Outbox
 from tests.conftest import Broker, collect_retained, subscriber, wait_for_retained
 
 STATE_TOPIC = "test/bridge/state"

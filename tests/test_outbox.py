@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from bridge.outbox import MAX_QUEUED_EVENTS, REFRESH_S, Deferred, Message, Outbox
+from bridge.adapters.mqtt import OutboxSignal
+from bridge.core.outbox import MAX_QUEUED_EVENTS, REFRESH_S, Deferred, Message, Outbox
 
 
 class FakeClock:
@@ -33,9 +34,9 @@ def _outbox(
 
 
 async def _waits_until(outbox: Outbox, wake: Callable[[], object]) -> None:
-    """``outbox.wait()`` is still waiting a moment later, and returns once ``wake()`` ran."""
+    """Waiting for the outbox still blocks a moment later, and returns once ``wake()`` ran."""
     async with asyncio.timeout(2):
-        waiter = asyncio.create_task(outbox.wait())
+        waiter = asyncio.create_task(OutboxSignal(outbox).wait())
         await asyncio.sleep(0.01)
         assert not waiter.done()
         wake()
@@ -489,7 +490,7 @@ async def test_wait_returns_at_once_when_already_pending() -> None:
     outbox, _ = _outbox()
     outbox.put("t", "1")
     async with asyncio.timeout(1):
-        await outbox.wait()
+        await OutboxSignal(outbox).wait()
 
 
 async def test_wait_blocks_again_once_everything_is_sent() -> None:
@@ -497,11 +498,11 @@ async def test_wait_blocks_again_once_everything_is_sent() -> None:
     outbox, _ = _outbox()
     outbox.put("t", "1")
     async with asyncio.timeout(1):
-        await outbox.wait()
+        await OutboxSignal(outbox).wait()
     _send_all(outbox)
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):
-            await outbox.wait()
+            await OutboxSignal(outbox).wait()
 
 
 async def test_wait_ignores_an_unchanged_put() -> None:
@@ -512,7 +513,7 @@ async def test_wait_ignores_an_unchanged_put() -> None:
     outbox.put("t", "1")
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):
-            await outbox.wait()
+            await OutboxSignal(outbox).wait()
 
 
 async def test_wait_wakes_after_republish_all() -> None:

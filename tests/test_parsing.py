@@ -13,7 +13,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from bridge.parsing import (
+from bridge.core.parsing import (
     EXCERPT_CHARS,
     MAX_NESTING,
     ParseError,

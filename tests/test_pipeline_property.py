@@ -3,11 +3,11 @@
 Arbitrary bodies for each endpoint (known keys with values of any JSON type, integers of any
 size, bare ``nan``/``inf`` tokens, ``-0.0``, control characters and lone surrogates, nested
 objects, random keys, a missing final brace) are answered by a fake unit to the bridge's real
-:class:`~bridge.poller.ConnectorPoller`, built by :class:`~bridge.app.Bridge` itself with Homie on
-and discovery in entity or device mode. Each unit answers a sequence of bodies, so a field's type
-changes between polls. After every poll everything the outbox would publish is rendered (the
-discovery configs are deferred until then) and checked: text that encodes to UTF-8, topics without
-wildcards or NUL.
+:class:`~bridge.runtime.poller.ConnectorPoller`, built by :class:`~bridge.runtime.app.Bridge`
+itself with Homie on and discovery in entity or device mode. Each unit answers a sequence of
+bodies, so a field's type changes between polls. After every poll everything the outbox would
+publish is rendered (the discovery configs are deferred until then) and checked: text that
+encodes to UTF-8, topics without wildcards or NUL.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from typing import Any, cast
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.app import Bridge
-from bridge.config import BridgeConfig, ConnectorConfig
-from bridge.entities import ENTITIES
-from bridge.models import ENDPOINTS, MODEL_FOR, Endpoint
-from bridge.outbox import Outbox
-from bridge.twc import TwcClient
+from bridge.adapters.twc import TwcClient
+from bridge.core.config import BridgeConfig, ConnectorConfig
+from bridge.core.models import ENDPOINTS, MODEL_FOR, Endpoint
+from bridge.core.outbox import Outbox
+from bridge.presentation.entities import ENTITIES
+from bridge.runtime.app import Bridge
 
 
 class Raw(str):

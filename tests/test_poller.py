@@ -9,19 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from bridge.app import START_SLOTS, Bridge
-from bridge.backoff import Backoff
-from bridge.config import BridgeConfig, PollingConfig
-from bridge.models import Endpoint
-from bridge.outbox import Outbox
-from bridge.poller import (
+from bridge.adapters.twc import TwcBadResponseError, TwcUnreachableError
+from bridge.core.backoff import Backoff
+from bridge.core.config import BridgeConfig, PollingConfig
+from bridge.core.models import Endpoint
+from bridge.core.outbox import Outbox
+from bridge.runtime.app import START_SLOTS, Bridge
+from bridge.runtime.poller import (
     MIN_IDLE_S,
     MIN_REQUEST_GAP_S,
     MIN_START_GAP_S,
     ConnectorPoller,
     IdRegistry,
 )
-from bridge.twc import TwcBadResponseError, TwcUnreachableError
 
 VITALS_IDLE = {
     "contactor_closed": False,
@@ -393,7 +393,7 @@ async def test_absurd_values_warn_once_per_field_and_stay_raw_on_their_topics(
     poller, unit, time_source, outbox = make_poller(vitals_s=1, vitals_idle_s=1)
     absurd = dict(VITALS_IDLE, uptime_s=2**64 - 1, grid_v=1e308, evse_state="four")
     unit.bodies["vitals"] = json.dumps(absurd).encode()
-    with caplog.at_level("WARNING", logger="bridge.poller"):
+    with caplog.at_level("WARNING", logger="bridge.runtime.poller"):
         await poll_until(poller, time_source, 30)
     vitals_reads = [endpoint for _, endpoint in unit.requests if endpoint == "vitals"]
     assert len(vitals_reads) > 5

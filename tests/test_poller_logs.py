@@ -8,12 +8,12 @@ import random
 
 import pytest
 
-from bridge.backoff import Backoff
-from bridge.config import PollingConfig
-from bridge.models import Endpoint
-from bridge.outbox import Outbox
-from bridge.poller import ConnectorPoller, IdRegistry
-from bridge.twc import TwcBadResponseError
+from bridge.adapters.twc import TwcBadResponseError
+from bridge.core.backoff import Backoff
+from bridge.core.config import PollingConfig
+from bridge.core.models import Endpoint
+from bridge.core.outbox import Outbox
+from bridge.runtime.poller import ConnectorPoller, IdRegistry
 from tests.test_poller import VERSION, FakeTime, FakeUnit, poll_until
 
 SUMMARY_S = 120.0
@@ -64,7 +64,7 @@ async def test_thirty_percent_http_500_gives_a_handful_of_lines_and_exact_counts
     time_source = FakeTime()
     unit = FlakyUnit(time_source, 0.3)
     poller, _, _ = _poller(unit=unit)
-    with caplog.at_level(logging.INFO, logger="bridge.poller"):
+    with caplog.at_level(logging.INFO, logger="bridge.runtime.poller"):
         await poll_until(poller, time_source, 600)
         unit.share = 0.0  # the unit calms down
         await poll_until(poller, time_source, SUMMARY_S + 10)
@@ -85,7 +85,7 @@ async def test_hostile_serial_without_usable_id_is_logged_escaped(
     """A serial that gives no topic id is named in the error line, escaped, on one line."""
     poller, unit, time_source = _poller(configured_id=None)
     unit.bodies["version"] = json.dumps({**VERSION, "serial_number": "\n\x1b[\u202e"}).encode()
-    with caplog.at_level(logging.INFO, logger="bridge.poller"):
+    with caplog.at_level(logging.INFO, logger="bridge.runtime.poller"):
         await poll_until(poller, time_source, 5)
     errors = [r.getMessage() for r in caplog.records if "no usable topic id" in r.getMessage()]
     expected = (
@@ -101,7 +101,7 @@ async def test_serial_change_is_logged_escaped(caplog: pytest.LogCaptureFixture)
     poller.polling = poller.polling.model_copy(update={"version_s": 2})
     await poll_until(poller, time_source, 3)
     unit.bodies["version"] = json.dumps({**VERSION, "serial_number": "AB\n\x1b[31mC"}).encode()
-    with caplog.at_level(logging.INFO, logger="bridge.poller"):
+    with caplog.at_level(logging.INFO, logger="bridge.runtime.poller"):
         await poll_until(poller, time_source, 5)
     changed = [r.getMessage() for r in caplog.records if "serial number changed" in r.getMessage()]
     expected = (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.simulator import Scenario, SimulatedUnit, UnitServer
+from bridge.sim.simulator import Scenario, SimulatedUnit, UnitServer
 from tests.conftest import Broker, free_port, wait_for_retained
 
 pytestmark = pytest.mark.broker

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from bridge.models import Endpoint, ParsedBody, parse_endpoint
-from bridge.probe import REDACTED, probe, redact_fields, render_report, unit_topic_id
+from bridge.core.models import Endpoint, ParsedBody, parse_endpoint
+from bridge.tools.probe import REDACTED, probe, redact_fields, render_report, unit_topic_id
 
 SERIAL = "TEST0000001"
 SSID = "VEVTVC1TU0lE"  # base64 of an invented SSID

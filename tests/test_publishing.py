@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 
-from bridge.models import parse_endpoint
-from bridge.outbox import REFRESH_S, Message, Outbox
-from bridge.publishing import MAX_FIELDS_PER_BODY, MAX_REMEMBERED_KEYS, UnitTopics, publish_body
+from bridge.core.models import parse_endpoint
+from bridge.core.outbox import REFRESH_S, Message, Outbox
+from bridge.presentation.publishing import (
+    MAX_FIELDS_PER_BODY,
+    MAX_REMEMBERED_KEYS,
+    UnitTopics,
+    publish_body,
+)
 
 
 class FakeClock:

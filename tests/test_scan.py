@@ -16,10 +16,13 @@ from typing import Any
 
 import pytest
 
-import bridge.scan as scan_module
-from bridge import cli
-from bridge.config import CONFIG_ENV, PASSWORD_ENV, ConnectorConfig, load_config
-from bridge.scan import (
+import bridge.tools.scan as scan_module
+from bridge.adapters.twc import TwcClient
+from bridge.core.config import CONFIG_ENV, PASSWORD_ENV, ConnectorConfig, load_config
+from bridge.sim.simulator import SimulatedUnit, UnitServer
+from bridge.tools import cli
+from bridge.tools.exitcodes import EXIT_USAGE
+from bridge.tools.scan import (
     MAX_HOSTS,
     Found,
     ScanReport,
@@ -34,8 +37,6 @@ from bridge.scan import (
     summary,
     survey,
 )
-from bridge.simulator import SimulatedUnit, UnitServer
-from bridge.twc import TwcClient
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 30.0
@@ -608,7 +609,7 @@ def test_refused_networks_send_no_traffic(
     monkeypatch.setattr(socket.socket, "connect", forbidden)
     monkeypatch.setattr(socket.socket, "connect_ex", forbidden)
     started = time.monotonic()
-    assert cli.main(["scan", network]) == cli.EXIT_USAGE
+    assert cli.main(["scan", network]) == EXIT_USAGE
     assert time.monotonic() - started < 1.0
     captured = capsys.readouterr()
     assert captured.out == ""

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from bridge.simulator import (
+from bridge.sim.simulator import (
     HostRoutedServer,
     JsonValue,
     Quirks,

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from bridge.derived import SessionEnergy
-from bridge.statefile import STATE_VERSION, EnergyRecord, SavedState, StateFile, parse_state
+from bridge.core.derived import SessionEnergy
+from bridge.runtime.statefile import STATE_VERSION, EnergyRecord, SavedState, StateFile, parse_state
 
-LOGGER = "bridge.statefile"
+LOGGER = "bridge.runtime.statefile"
 PREFIX = "homeassistant"
 TOPIC = "homeassistant/sensor/twc3_s1/vitals_grid_v/config"
 SET_ASIDE = re.compile(r"state\.json\.bad-\d{8}T\d{6}Z(-\d+)?")

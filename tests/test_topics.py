@@ -11,17 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.topics import (
+from bridge.core.names import (
     MAX_FIELD_LENGTH,
     MAX_ID_LENGTH,
-    compact_json,
     field_level,
-    format_number,
     id_problem,
-    plain_payload,
     slugify,
     validate_base_topic,
 )
+from bridge.presentation.topics import compact_json, format_number, plain_payload
 
 # --- plain_payload / format_number --------------------------------------------------------------
 

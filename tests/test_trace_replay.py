@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from bridge.derivation import UnitDerivation
-from bridge.derived import Event
-from bridge.models import parse_endpoint
+from bridge.core.derivation import UnitDerivation
+from bridge.core.derived import Event
+from bridge.core.models import parse_endpoint
 from tests.conftest import TRACES
 
 TRACE_FILES = sorted(TRACES.glob("*.log"))

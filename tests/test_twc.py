@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge.twc import (
+from bridge.adapters.twc import (
     MAX_BODY_BYTES,
     TwcBadResponseError,
     TwcClient,

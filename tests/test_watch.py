@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cli import main
-from bridge.simulator import Scenario, SimulatedUnit, UnitServer
-from bridge.watch import (
+from bridge.sim.simulator import Scenario, SimulatedUnit, UnitServer
+from bridge.tools.cli import main
+from bridge.tools.watch import (
     UNKNOWN,
     Screen,
     WatchState,

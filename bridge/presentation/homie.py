@@ -2,7 +2,7 @@
 
 Layout (Homie convention 4.0): one Homie device for the bridge (one MQTT connection may
 publish only one device), one node per connector, one property per known value of that unit.
-Everything goes through the :class:`~bridge.outbox.Outbox` (retained, QoS 1).
+Everything goes through the :class:`~bridge.core.outbox.Outbox` (retained, QoS 1).
 
 The builder functions here are pure; :class:`HomiePublisher` keeps which nodes and properties
 were announced and puts their topics into the outbox. No network I/O happens in this module.
@@ -16,9 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from bridge.entities import EVSE_STATE_UNKNOWN, Entity, entity_for
-from bridge.outbox import Outbox
-from bridge.topics import compact_json, field_level, format_number
+from bridge.core.names import field_level
+from bridge.core.outbox import Outbox
+from bridge.presentation.entities import EVSE_STATE_UNKNOWN, Entity, entity_for
+from bridge.presentation.topics import compact_json, format_number
 
 HOMIE_VERSION: Final = "4.0.0"
 NODE_TYPE: Final = "Tesla Wall Connector Gen 3"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.derived import (
+from bridge.core.derived import (
     DEFAULT_RATED_CURRENT_A,
     Event,
     EventTracker,
@@ -29,7 +29,7 @@ from bridge.derived import (
     role,
     status,
 )
-from bridge.models import Lifetime, ParsedBody, Version, Vitals, WifiStatus
+from bridge.core.models import Lifetime, ParsedBody, Version, Vitals, WifiStatus
 
 TEMPERATURE_FIELDS = ("pcba_temp_c", "handle_temp_c", "mcu_temp_c")
 

@@ -7,12 +7,12 @@ import re
 import sys
 from typing import Any, Final
 
-from bridge.config import MqttConfig, parse_host
-from bridge.logtext import escaped
-from bridge.models import ENDPOINTS, ParsedBody, ParseError, Version, parse_endpoint
-from bridge.publishing import field_messages
-from bridge.topics import id_problem, slugify
-from bridge.twc import TwcClient, TwcError
+from bridge.adapters.twc import TwcClient, TwcError
+from bridge.core.config import MqttConfig, parse_host
+from bridge.core.logtext import escaped
+from bridge.core.models import ENDPOINTS, ParsedBody, ParseError, Version, parse_endpoint
+from bridge.core.names import id_problem, slugify
+from bridge.presentation.publishing import field_messages
 
 REDACTED: Final = "REDACTED"
 DEFAULT_BASE_TOPIC: Final = MqttConfig().base_topic
@@ -69,7 +69,7 @@ def render_report(
 ) -> str:
     """The text ``probe`` prints: each endpoint's body and the field topics it would give.
 
-    Every line is escaped (:func:`bridge.logtext.escaped`): a body's strings can hold newlines
+    Every line is escaped (:func:`bridge.core.logtext.escaped`): a body's strings can hold newlines
     and terminal escape sequences, and none of them reaches the terminal raw.
     """
     shown_host = REDACTED if redact else host

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bridge.parsing import ParseError, decode_body
+from bridge.core.parsing import ParseError, decode_body
 
 Endpoint = Literal["vitals", "lifetime", "version", "wifi_status"]
 ENDPOINTS: Final[tuple[Endpoint, ...]] = ("vitals", "lifetime", "version", "wifi_status")

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Protocol
 
-from bridge.backoff import Backoff
-from bridge.config import PollingConfig
-from bridge.derivation import UnitDerivation
-from bridge.failurelog import DEFAULT_SUMMARY_INTERVAL_S, FailureLog, Report
-from bridge.fieldbudget import Admission, FieldBudget
-from bridge.logtext import escaped
-from bridge.models import (
+from bridge.adapters.twc import TwcBadResponseError, TwcError, TwcUnreachableError
+from bridge.core.backoff import Backoff
+from bridge.core.config import PollingConfig
+from bridge.core.derivation import UnitDerivation
+from bridge.core.failurelog import DEFAULT_SUMMARY_INTERVAL_S, FailureLog, Report
+from bridge.core.fieldbudget import Admission, FieldBudget
+from bridge.core.logtext import escaped
+from bridge.core.models import (
     ENDPOINTS,
     Endpoint,
     ParsedBody,
@@ -31,11 +32,10 @@ from bridge.models import (
     Vitals,
     parse_endpoint,
 )
-from bridge.outbox import Outbox
-from bridge.parsing import value_excerpt
-from bridge.publishing import UnitTopics, publish_body, publish_derived
-from bridge.topics import id_problem, slugify
-from bridge.twc import TwcBadResponseError, TwcError, TwcUnreachableError
+from bridge.core.names import id_problem, slugify
+from bridge.core.outbox import Outbox
+from bridge.core.parsing import value_excerpt
+from bridge.presentation.publishing import UnitTopics, publish_body, publish_derived
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Fetcher(Protocol):
     """What the poller needs from the HTTP side."""
 
     async def fetch(self, endpoint: Endpoint) -> bytes:
-        """Return one endpoint's body or raise :class:`bridge.twc.TwcError`."""
+        """Return one endpoint's body or raise :class:`bridge.adapters.twc.TwcError`."""
         ...
 
 

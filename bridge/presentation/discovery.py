@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from bridge import __version__
-from bridge.entities import Entity, entities_for_fields
-from bridge.topics import slugify
+from bridge.core.names import slugify
+from bridge.presentation.entities import Entity, entities_for_fields
 
 DiscoveryMode = Literal["entity", "device", "off"]
 

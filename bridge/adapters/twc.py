@@ -22,8 +22,8 @@ from typing import Final
 
 import httpx
 
-from bridge.http11 import ProtocolError, ResponseHead, ResponseParser, Signal
-from bridge.models import Endpoint
+from bridge.adapters.http11 import ProtocolError, ResponseHead, ResponseParser, Signal
+from bridge.core.models import Endpoint
 
 MAX_BODY_BYTES: Final = 64 * 1024  # real bodies are under 1 KiB; bound what a broken unit sends
 API_PREFIX: Final = "/api/1/"
@@ -204,7 +204,7 @@ class _Http11Transport(httpx.AsyncBaseTransport):
     """An httpx transport on one kept-alive connection: one request at a time, never a retry.
 
     httpx's own stack costs ~4x the CPU per request of this, and polling is most of the bridge's
-    work; the units need nothing but GET over HTTP/1.1 (parsed by :mod:`bridge.http11`).
+    work; the units need nothing but GET over HTTP/1.1 (parsed by :mod:`bridge.adapters.http11`).
     """
 
     def __init__(

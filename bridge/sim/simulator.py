@@ -1383,8 +1383,8 @@ class HostRoutedServer:
 
     ``Host: <serial>`` (any case; a ``:port`` suffix is ignored) picks the unit; an unknown or
     missing host is answered 404. Requests are read and answered by the simulator's own code
-    (:func:`bridge.simulator.serve_http_connection`), so every unit answers exactly as on its
-    own :class:`~bridge.simulator.UnitServer`. Transport quirks are not supported: ``refuse`` is
+    (:func:`bridge.sim.simulator.serve_http_connection`), so every unit answers exactly as on its
+    own :class:`~bridge.sim.simulator.UnitServer`. Transport quirks are not supported: ``refuse`` is
     ignored (there is no listener per unit to close), the others are untested in this mode.
     """
 

@@ -9,10 +9,11 @@ from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from bridge.derivation import TEMPERATURE_FIELDS, Derived
-from bridge.models import ParsedBody
-from bridge.outbox import Outbox
-from bridge.topics import compact_json, field_level, plain_payload
+from bridge.core.derivation import TEMPERATURE_FIELDS, Derived
+from bridge.core.models import ParsedBody
+from bridge.core.names import field_level
+from bridge.core.outbox import Outbox
+from bridge.presentation.topics import compact_json, plain_payload
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ class UnitTopics:
 
     ``last_values`` lets a poll skip every field whose value has not changed since it was last
     put, before formatting it: most fields of a body repeat from poll to poll. The outbox's
-    :meth:`~bridge.outbox.Outbox.refresh_stale` still sends each topic again every few minutes.
+    :meth:`~bridge.core.outbox.Outbox.refresh_stale` still sends each topic again every few minutes.
     """
 
     def __init__(self, base_topic: str, unit_id: str) -> None:
@@ -127,8 +128,8 @@ def publish_body(
 
     The whole-body topic is refreshed on every successful poll, with every key; field topics when
     they change (and at least every few minutes, by the outbox's refresh rule), except for the
-    ``refused`` keys (past the unit's :class:`~bridge.fieldbudget.FieldBudget`), which are only in
-    the whole body and are not counted as skipped.
+    ``refused`` keys (past the unit's :class:`~bridge.core.fieldbudget.FieldBudget`), which are only
+    in the whole body and are not counted as skipped.
     """
     fields = parsed.fields
     outbox.put(topics.endpoint(parsed.endpoint), _body_json(fields), always=True)

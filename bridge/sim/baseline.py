@@ -1,6 +1,6 @@
 """The benchmark's yardstick: the bridge's job done by the plainest means, in a process of its own.
 
-Run by ``twc3-bridge bench`` as ``python -m bridge.baseline '<spec JSON>'``; it prints one JSON
+Run by ``twc3-bridge bench`` as ``python -m bridge.sim.baseline '<spec JSON>'``; it prints one JSON
 line (its measured window) on stdout and exits. Per simulated unit, on the bridge's schedule:
 
 * GET ``/api/1/vitals`` every vitals interval, and lifetime, wifi_status and version at their
@@ -221,7 +221,7 @@ async def run_baseline(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m bridge.baseline '<spec JSON>'``: run, print the result as one JSON line."""
+    """``python -m bridge.sim.baseline '<spec JSON>'``: run, print the result as one JSON line."""
     try:
         result = asyncio.run(run_baseline(json.loads(argv[0])))
     except (OSError, ConnectionError) as error:

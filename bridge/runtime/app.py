@@ -11,22 +11,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
-from bridge.announce import Announcer, Reannouncer
-from bridge.config import BridgeConfig, ConnectorConfig, GroupConfig
-from bridge.derivation import UnitDerivation
-from bridge.derived import Role, SessionEnergy, continued_energy
-from bridge.discovery import Site, UnitInfo, group_configs
-from bridge.fieldbudget import FieldBudget
-from bridge.groups import MemberState, group_values
-from bridge.homie import HomiePublisher, unit_values
-from bridge.logtext import escaped
-from bridge.models import ENDPOINTS, Version, WifiStatus
-from bridge.mqtt import MqttLink, WillKeeper
-from bridge.outbox import Outbox
-from bridge.poller import ConnectorPoller, IdRegistry
-from bridge.statefile import EnergyRecord, StateFile
-from bridge.topics import field_level, plain_payload
-from bridge.twc import TwcClient
+from bridge.adapters.mqtt import MqttLink, WillKeeper
+from bridge.adapters.twc import TwcClient
+from bridge.core.config import BridgeConfig, ConnectorConfig, GroupConfig
+from bridge.core.derivation import UnitDerivation
+from bridge.core.derived import Role, SessionEnergy, continued_energy
+from bridge.core.fieldbudget import FieldBudget
+from bridge.core.groups import MemberState, group_values
+from bridge.core.logtext import escaped
+from bridge.core.models import ENDPOINTS, Version, WifiStatus
+from bridge.core.names import field_level
+from bridge.core.outbox import Outbox
+from bridge.presentation.discovery import Site, UnitInfo, group_configs
+from bridge.presentation.homie import HomiePublisher, unit_values
+from bridge.presentation.topics import plain_payload
+from bridge.runtime.announce import Announcer, Reannouncer
+from bridge.runtime.poller import ConnectorPoller, IdRegistry
+from bridge.runtime.statefile import EnergyRecord, StateFile
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def unit_info(
 def announced_fields(poller: ConnectorPoller) -> dict[str, list[str]]:
     """The topic level of every admitted key of each endpoint read, in the unit's order.
 
-    Admitted keys (:class:`~bridge.fieldbudget.FieldBudget`) stay announced until retired, so a
+    Admitted keys (:class:`~bridge.core.fieldbudget.FieldBudget`) stay announced until retired, so a
     key missing from one body does not remove and re-add its entity.
     """
     fields: dict[str, list[str]] = {}

@@ -1,9 +1,9 @@
 """The MQTT side: connect, reconnect with backoff, drain the outbox, publish ``offline`` on exit.
 
 This module uses aiomqtt's public API only. How a chunk reaches the broker (and what the broker
-says about a connection) goes through a :class:`~bridge.mqtt_fastpath.Publisher`: every use of
-aiomqtt's and paho's internals lives in :mod:`bridge.mqtt_fastpath`, with a plain public-API
-publisher beside the fast one, so a move to aiomqtt 3 touches that module only.
+says about a connection) goes through a :class:`~bridge.adapters.mqtt_fastpath.Publisher`: every
+use of aiomqtt's and paho's internals lives in :mod:`bridge.adapters.mqtt_fastpath`, with a plain
+public-API publisher beside the fast one, so a move to aiomqtt 3 touches that module only.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from typing import Final, NamedTuple
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
-from bridge.backoff import Backoff
-from bridge.config import MqttConfig
-from bridge.mqtt_fastpath import (
+from bridge.adapters.mqtt_fastpath import (
     PUBLISH_TIMEOUT_S,
     BrokerSays,
     Publisher,
     PublisherChoice,
 )
-from bridge.outbox import Message, Outbox
+from bridge.core.backoff import Backoff
+from bridge.core.config import MqttConfig
+from bridge.core.outbox import Message, Outbox
 
 logger = logging.getLogger(__name__)
 
@@ -351,6 +351,21 @@ def report_short_connections(
     )
 
 
+class OutboxSignal:
+    """Lets a task wait for the outbox: the outbox is a pure structure, this is its asyncio side."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        self._event = asyncio.Event()
+        outbox.notify_on_change(self._event.set)
+
+    async def wait(self) -> None:
+        """Return once something is pending in the outbox."""
+        while not self._outbox.has_pending():
+            self._event.clear()
+            await self._event.wait()
+
+
 class MqttLink:
     """Keeps one broker connection alive and publishes everything the outbox holds.
 
@@ -389,6 +404,7 @@ class MqttLink:
         # Retained topics under these go out at QoS 1 too (Homie requires it).
         self._qos1_prefixes = qos1_prefixes
         self.outbox = outbox
+        self._outbox_signal = OutboxSignal(outbox)
         self.state_topic = state_topic
         # Retained (topic, payload) pairs published on a clean exit, before ``offline``.
         self.shutdown_messages = shutdown_messages
@@ -628,7 +644,7 @@ class MqttLink:
 
     async def _wait_for_work(self, stop: asyncio.Event, limit_s: float | None) -> bool:
         """Wait until the outbox has something or ``stop`` is set: False after ``limit_s``."""
-        wait_outbox = asyncio.ensure_future(self.outbox.wait())
+        wait_outbox = asyncio.ensure_future(self._outbox_signal.wait())
         wait_stop = asyncio.ensure_future(stop.wait())
         try:
             done, _ = await asyncio.wait(

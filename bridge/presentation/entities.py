@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from bridge.derived import EVSE_STATE_NAMES
+from bridge.core.derived import EVSE_STATE_NAMES
 
 Component = Literal["sensor", "binary_sensor"]
 Category = Literal["diagnostic"] | None
@@ -319,7 +319,7 @@ ENTITIES: Final[tuple[Entity, ...]] = (
         category="diagnostic",
     ),
     _diagnostic_text("wifi_status", "wifi_mac", "Wi-Fi MAC address", enabled=False),
-    # derived/…: computed by the bridge (bridge/derived.py)
+    # derived/…: computed by the bridge (bridge/core/derived.py)
     Entity(
         "derived",
         "power_w",

@@ -1,7 +1,7 @@
 """``twc3-bridge watch``: a live table of every connector, read back from the broker.
 
 The topic → state reduction (:func:`apply`) and the table (:func:`render`) are pure functions; the
-rest subscribes through :mod:`bridge.mqtt` and redraws the table.
+rest subscribes through :mod:`bridge.adapters.mqtt` and redraws the table.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, TextIO
 
-from bridge.config import MqttConfig
-from bridge.mqtt import MqttUnavailableError, Subscription, subscribe
+from bridge.adapters.mqtt import MqttUnavailableError, Subscription, subscribe
+from bridge.core.config import MqttConfig
 
 UNKNOWN: Final = "–"  # an en dash: the table's "no value yet"
 RESERVED_IDS: Final = frozenset({"bridge", "group"})

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from bridge.topics import id_problem, slugify, validate_base_topic
+from bridge.core.names import id_problem, slugify, validate_base_topic
 
 CONFIG_ENV: Final = "TWC3_BRIDGE_CONFIG"
 PASSWORD_ENV: Final = "TWC3_BRIDGE_MQTT_PASSWORD"  # noqa: S105 - the variable's name, not a secret
@@ -75,7 +75,7 @@ class MqttConfig(_Strict):
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
     # "plain": publish through aiomqtt's public API only (slower; for comparison and as a way
     # out should the fast path misbehave). "auto" uses the fast path when the installed aiomqtt
-    # and paho still have what it needs (bridge/mqtt_fastpath.py), else the plain one.
+    # and paho still have what it needs (bridge/adapters/mqtt_fastpath.py), else the plain one.
     publisher: Literal["auto", "plain"] = "auto"
 
     @model_validator(mode="before")
@@ -292,7 +292,7 @@ class BridgeSection(_Strict):
     """The bridge's own settings."""
 
     data_dir: Path = Field(default_factory=default_data_dir)
-    # How long a field name a unit stopped sending keeps its topics (bridge/fieldbudget.py).
+    # How long a field name a unit stopped sending keeps its topics (bridge/core/fieldbudget.py).
     field_retire_s: Seconds = 600.0
 
 

@@ -3,16 +3,17 @@
 Every party runs in a process of its own, so that the CPU and memory measured are a subject's
 alone and neither subject inherits the other's heap, imports or ``gc.freeze()``:
 
-* a **simulator** child serves N :class:`~bridge.simulator.SimulatedUnit` on one free loopback
-  port, routed by the ``Host`` header (:class:`~bridge.simulator.HostRoutedServer`): measured
+* a **simulator** child serves N :class:`~bridge.sim.simulator.SimulatedUnit` on one free loopback
+  port, routed by the ``Host`` header (:class:`~bridge.sim.simulator.HostRoutedServer`): measured
   lighter than a port per unit (``scripts/simulator_routing.py``). Each unit is a connector named
   by its serial (``http://sim0000000001:<port>``); the subjects connect to the one port (standing
   in for a LAN's name service) and send that name;
 * a **subscriber** child listens to ``<base>/+/vitals/uptime_s`` of both subjects and timestamps
   every arrival;
 * the two **subjects**, each a fresh ``python -m`` process started for one repetition: the real
-  :class:`~bridge.app.Bridge` (``python -m bridge.bench``, with ``freeze_heap_when_settled`` as
-  ``twc3-bridge run`` does), and the plain program of :mod:`bridge.baseline` doing the same job
+  :class:`~bridge.runtime.app.Bridge` (``python -m bridge.sim.bench``, with
+  ``freeze_heap_when_settled`` as ``twc3-bridge run`` does), and the plain program of
+  :mod:`bridge.sim.baseline` doing the same job
   (every endpoint at the bridge's intervals, every changed field its own retained topic at
   QoS 0) with h11 and paho's public ``publish``. Repetitions alternate (bridge, baseline,
   bridge, baseline...) so that a load that comes and goes on the machine falls on both; the
@@ -57,9 +58,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from bridge.app import START_SLOTS, Bridge
-from bridge.baseline import peak_rss_mb
-from bridge.config import (
+from bridge.adapters.mqtt import MqttUnavailableError, delete_retained, subscribe
+from bridge.adapters.mqtt_fastpath import PublisherSetting
+from bridge.adapters.twc import TwcClient, TwcError, http_transport
+from bridge.core.config import (
     BridgeConfig,
     BridgeSection,
     ConnectorConfig,
@@ -67,11 +69,10 @@ from bridge.config import (
     MqttConfig,
     PollingConfig,
 )
-from bridge.models import Endpoint
-from bridge.mqtt import MqttUnavailableError, delete_retained, subscribe
-from bridge.mqtt_fastpath import PublisherSetting
-from bridge.outbox import Message, Outbox
-from bridge.twc import TwcClient, TwcError, http_transport
+from bridge.core.models import Endpoint
+from bridge.core.outbox import Message, Outbox
+from bridge.runtime.app import START_SLOTS, Bridge
+from bridge.sim.baseline import peak_rss_mb
 
 LONG_INTERVAL_S: Final = 3600.0
 CHILD_START_TIMEOUT_S: Final = 120.0
@@ -83,7 +84,7 @@ BASE_TOPIC: Final = RUN_ID
 BASELINE_BASE_TOPIC: Final = f"{RUN_ID}-baseline"
 DISCOVERY_PREFIX: Final = f"{RUN_ID}-homeassistant"
 SUBJECTS: Final = ("bridge", "baseline")
-SUBJECT_MODULES: Final = {"bridge": "bridge.bench", "baseline": "bridge.baseline"}
+SUBJECT_MODULES: Final = {"bridge": "bridge.sim.bench", "baseline": "bridge.sim.baseline"}
 LOOPBACK: Final = "127.0.0.1"
 SIMULATOR_ROUTING: Final = "one port, routed by Host header"
 DEFAULT_REPEAT: Final = 3
@@ -114,7 +115,7 @@ def _wait_readable(conn: multiprocessing.connection.Connection) -> asyncio.Event
 
 
 async def _simulator_main(conn: multiprocessing.connection.Connection, units: int) -> None:
-    from bridge.simulator import (  # noqa: PLC0415 - only the child needs the simulator
+    from bridge.sim.simulator import (  # noqa: PLC0415 - only the child needs the simulator
         HostRoutedServer,
         bench_units,
     )
@@ -210,7 +211,7 @@ class _Child:
             self.process.join(5)
 
 
-# ---- the bridge as a subject (python -m bridge.bench '<spec>') ------------------------------
+# ---- the bridge as a subject (python -m bridge.sim.bench '<spec>') ------------------------------
 
 
 class _CountingClient(TwcClient):

@@ -34,7 +34,7 @@ from pydantic import (
     model_validator,
 )
 
-from bridge.derived import SessionEnergy
+from bridge.core.derived import SessionEnergy
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class EnergyRecord(BaseModel):
 
     ``connector`` is the connector's configured id, else its configured address
     (``app.connector_owner``); ``serial`` the unit's serial number once known. The fields after
-    them are :meth:`bridge.derived.SessionEnergy.to_json`.
+    them are :meth:`bridge.core.derived.SessionEnergy.to_json`.
     """
 
     model_config = ConfigDict(frozen=True, strict=True, extra="ignore")

@@ -13,7 +13,8 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from bridge.discovery import (
+from bridge.core.outbox import Deferred, Outbox
+from bridge.presentation.discovery import (
     DiscoveryMode,
     Site,
     UnitInfo,
@@ -26,9 +27,8 @@ from bridge.discovery import (
     object_id,
     unit_entities,
 )
-from bridge.entities import Entity
-from bridge.outbox import Deferred, Outbox
-from bridge.statefile import StateFile
+from bridge.presentation.entities import Entity
+from bridge.runtime.statefile import StateFile
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeGuard
 
-from bridge.models import CENTURY_S, Vitals
+from bridge.core.models import CENTURY_S, Vitals
 
 PhaseMode = Literal["auto", "three_phase", "split_phase", "single_phase"]
 Role = Literal["leader", "follower", "standalone"]

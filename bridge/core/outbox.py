@@ -8,7 +8,6 @@ configs) can be held as a :class:`Deferred`, rendered each time they are publish
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -67,7 +66,8 @@ class Outbox:
         # pending() skips them; they leave the queue once confirmed, or go again after a drop.
         self._events_handed = 0
         self.dropped_events = 0
-        self._wakeup = asyncio.Event()
+        # Told whenever something becomes pending (the MQTT link wakes its drain with it).
+        self._on_change: Callable[[], None] = _nothing
 
     def put(self, topic: str, payload: str | Deferred, *, always: bool = False) -> None:
         """Set a retained topic; it is published if new, changed, stale, or ``always``."""
@@ -82,7 +82,7 @@ class Outbox:
         self._retained[topic] = payload
         self._deletions.pop(topic, None)
         self._dirty[topic] = None
-        self._wakeup.set()
+        self._on_change()
 
     def delete(self, topic: str) -> None:
         """Remove a retained topic from the broker (an empty retained payload)."""
@@ -90,7 +90,7 @@ class Outbox:
         self._sent_at.pop(topic, None)
         self._dirty.pop(topic, None)
         self._deletions[topic] = None
-        self._wakeup.set()
+        self._on_change()
 
     def event(self, topic: str, payload: str) -> None:
         """Queue a non-retained message; the oldest are dropped beyond the queue bound."""
@@ -99,7 +99,7 @@ class Outbox:
             if self._events_handed:  # the oldest goes, and it was handed over
                 self._events_handed -= 1
         self._events.append(Message(topic, payload, retain=False))
-        self._wakeup.set()
+        self._on_change()
 
     @property
     def unconfirmed_events(self) -> int:
@@ -115,7 +115,7 @@ class Outbox:
         """The connection dropped: events handed over but not confirmed are pending again."""
         self._events_handed = 0
         if self._events:
-            self._wakeup.set()
+            self._on_change()
 
     def get(self, topic: str) -> str | None:
         """The current retained value of a topic, published or not."""
@@ -143,7 +143,7 @@ class Outbox:
         ]
         self._dirty.update(dict.fromkeys(stale))
         if stale:
-            self._wakeup.set()
+            self._on_change()
         return len(stale)
 
     def republish_all(self, first_prefix: str | None = None) -> None:
@@ -156,7 +156,7 @@ class Outbox:
             topics.sort(key=lambda topic: not topic.startswith(first_prefix))
         self._dirty = dict.fromkeys(topics)
         if self._dirty:
-            self._wakeup.set()
+            self._on_change()
 
     def pending(self, limit: int | None = None) -> list[Message]:
         """What still has to be published, oldest first: deletions, retained values, events.
@@ -231,8 +231,14 @@ class Outbox:
             self._sent_at.pop(message.topic, None)
             self._dirty.pop(message.topic, None)
 
-    async def wait(self) -> None:
-        """Wait until something is pending."""
-        while not (self._dirty or self._deletions or len(self._events) > self._events_handed):
-            self._wakeup.clear()
-            await self._wakeup.wait()
+    def notify_on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever something may have become pending (one listener)."""
+        self._on_change = callback
+
+    def has_pending(self) -> bool:
+        """Whether anything waits to be published."""
+        return bool(self._dirty or self._deletions or len(self._events) > self._events_handed)
+
+
+def _nothing() -> None:
+    return None

@@ -13,11 +13,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
-from bridge.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-from bridge.config import DEFAULT_HTTP_PORT
-from bridge.models import ParseError, Version, parse_endpoint
-from bridge.topics import MAX_ID_LENGTH, id_problem, slugify
-from bridge.twc import TwcBadResponseError, TwcClient, TwcError
+from bridge.adapters.twc import TwcBadResponseError, TwcClient, TwcError
+from bridge.core.config import DEFAULT_HTTP_PORT
+from bridge.core.models import ParseError, Version, parse_endpoint
+from bridge.core.names import MAX_ID_LENGTH, id_problem, slugify
+from bridge.tools.exitcodes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 Outcome: TypeAlias = Literal["other", "silent"]

@@ -1,8 +1,8 @@
 """How chunks reach the broker: the one module that touches aiomqtt's and paho's internals.
 
-:class:`Publisher` is what the MQTT link (:mod:`bridge.mqtt`) needs from a connection: publish a
-chunk (optionally confirmed by a barrier), what the broker said (CONNACK's Maximum Packet Size, a
-DISCONNECT's reason) and "abandon this failed attempt". Two implementations:
+:class:`Publisher` is what the MQTT link (:mod:`bridge.adapters.mqtt`) needs from a connection:
+publish a chunk (optionally confirmed by a barrier), what the broker said (CONNACK's Maximum
+Packet Size, a DISCONNECT's reason) and "abandon this failed attempt". Two implementations:
 
 * :class:`FastPublisher` reaches past the public APIs, all in this module: aiomqtt's paho client
   (its private ``_client``), paho's ``_packet_queue`` (pre-framed QoS 0 PUBLISH packets, MQTT
@@ -34,7 +34,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bridge.outbox import Message
+from bridge.core.outbox import Message
 
 logger = logging.getLogger(__name__)
 

@@ -13,12 +13,9 @@ from pathlib import Path
 from typing import Final
 
 from bridge import __version__
-from bridge.config import CONFIG_ENV, BridgeConfig, ConfigError, load_config, parse_host
-from bridge.logtext import EscapingFormatter, escaped
-
-EXIT_OK: Final = 0
-EXIT_FAILURE: Final = 1
-EXIT_USAGE: Final = 2
+from bridge.core.config import CONFIG_ENV, BridgeConfig, ConfigError, load_config, parse_host
+from bridge.core.logtext import EscapingFormatter, escaped
+from bridge.tools.exitcodes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 logger = logging.getLogger("bridge")
 
@@ -65,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_USAGE
     setup_logging(args.log_level or config.logging.level)
-    from bridge.app import run_bridge  # noqa: PLC0415 - keeps check-config free of network imports
+    from bridge.runtime.app import run_bridge  # noqa: PLC0415 - keeps check-config free of network imports
 
     asyncio.run(run_bridge(config))
     return EXIT_OK
@@ -90,7 +87,7 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return EXIT_USAGE
-    from bridge.app import HEARTBEAT_FILE_NAME  # noqa: PLC0415 - keeps the check light
+    from bridge.runtime.app import HEARTBEAT_FILE_NAME  # noqa: PLC0415 - keeps the check light
 
     path = config.bridge.data_dir / HEARTBEAT_FILE_NAME
     try:
@@ -120,7 +117,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {escaped(repr(args.host))}: {error}", file=sys.stderr)
         return EXIT_USAGE
-    from bridge.probe import DEFAULT_BASE_TOPIC, probe  # noqa: PLC0415 - imports httpx lazily
+    from bridge.tools.probe import DEFAULT_BASE_TOPIC, probe  # noqa: PLC0415 - imports httpx lazily
 
     base_topic, configured_id = DEFAULT_BASE_TOPIC, None
     if _config_path(args) is not None:
@@ -144,7 +141,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     """Look for Wall Connectors on a network and print a configuration block for each."""
-    from bridge.scan import run_scan  # noqa: PLC0415 - imports httpx only when needed
+    from bridge.tools.scan import run_scan  # noqa: PLC0415 - imports httpx only when needed
 
     return run_scan(
         args.network, port=args.port, timeout_s=args.timeout, concurrency=args.concurrency
@@ -153,7 +150,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Run simulated units until interrupted."""
-    from bridge.simulator import simulate_main  # noqa: PLC0415 - the simulator is optional
+    from bridge.sim.simulator import simulate_main  # noqa: PLC0415 - the simulator is optional
 
     try:
         return asyncio.run(simulate_main(args))
@@ -185,8 +182,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     """Show every connector's availability, status and power as a live table."""
     from pydantic import ValidationError  # noqa: PLC0415
 
-    from bridge.config import MqttConfig  # noqa: PLC0415
-    from bridge.topics import validate_base_topic  # noqa: PLC0415
+    from bridge.core.config import MqttConfig  # noqa: PLC0415
+    from bridge.core.names import validate_base_topic  # noqa: PLC0415
 
     if args.host is not None or args.port is not None:
         if args.config:
@@ -210,7 +207,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             print(f"error: --base-topic {args.base_topic!r}: {problem}", file=sys.stderr)
             return EXIT_USAGE
         mqtt = mqtt.model_copy(update={"base_topic": args.base_topic})
-    from bridge.watch import run_watch  # noqa: PLC0415 - imports aiomqtt only when needed
+    from bridge.tools.watch import run_watch  # noqa: PLC0415 - imports aiomqtt only when needed
 
     return run_watch(mqtt, once=args.once, interval_s=args.interval)
 
@@ -230,7 +227,7 @@ BENCH_SUBJECTS: dict[str, tuple[str, ...]] = {
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure the bridge against simulated units and a bare baseline."""
-    from bridge.bench import bench_main  # noqa: PLC0415 - the benchmark is optional
+    from bridge.sim.bench import bench_main  # noqa: PLC0415 - the benchmark is optional
 
     if not 1 <= args.units <= 1000 or not 1 <= args.seconds <= 3600 or not 1 <= args.repeat <= 20:  # noqa: PLR2004
         print("error: --units takes 1-1000, --seconds 1-3600, --repeat 1-20", file=sys.stderr)
@@ -323,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.set_defaults(handler=cmd_watch)
 
     simulate = sub.add_parser("simulate", help="run simulated Wall Connectors on loopback ports")
-    from bridge.simulator import add_simulate_arguments  # noqa: PLC0415 - optional module
+    from bridge.sim.simulator import add_simulate_arguments  # noqa: PLC0415 - optional module
 
     add_simulate_arguments(simulate)
     simulate.set_defaults(handler=cmd_simulate)

@@ -1,0 +1,1 @@
+"""How values are presented: topic names and payloads, the entity table, discovery and Homie."""

@@ -1,0 +1,1 @@
+"""The running bridge: pollers, the announcer, saved state and the composition root."""

@@ -1,0 +1,1 @@
+"""The commands people run: the command line, probe, scan and watch."""
