@@ -12,6 +12,7 @@ from bridge.core.models import parse_endpoint
 from bridge.core.outbox import Message, Outbox
 from bridge.presentation.homie import HomiePublisher
 from bridge.presentation.publishing import UnitTopics, publish_body
+from bridge.presentation.topics import TopicLayout
 from bridge.runtime.announce import MAX_REMOVED_STUBS, Announcer
 from bridge.runtime.app import announced_fields
 from tests.discovery_samples import GARAGE, SITE
@@ -125,7 +126,7 @@ def test_a_churning_endpoint_stays_within_the_cap() -> None:
 
 def test_refused_names_are_only_in_the_body_topic() -> None:
     outbox = Outbox()
-    topics = UnitTopics("twc3", "garage")
+    topics = UnitTopics(TopicLayout("twc3"), "garage")
     parsed = parse_endpoint("vitals", json.dumps({"grid_v": 230.0, "odd": 7}).encode())
     skipped = publish_body(outbox, topics, parsed, frozenset({"odd"}))
     sent = {m.topic: m.payload for m in _send_all(outbox)}
@@ -138,7 +139,7 @@ def test_refused_names_are_only_in_the_body_topic() -> None:
 
 def test_retired_fields_are_deleted_and_forgotten() -> None:
     outbox = Outbox()
-    topics = UnitTopics("twc3", "garage")
+    topics = UnitTopics(TopicLayout("twc3"), "garage")
     body = {"grid_v": 230.0, "old": 1, "odd.key": 2, "odd_key": 3}
     publish_body(outbox, topics, parse_endpoint("vitals", json.dumps(body).encode()))
     _send_all(outbox)

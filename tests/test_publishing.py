@@ -12,6 +12,7 @@ from bridge.presentation.publishing import (
     UnitTopics,
     publish_body,
 )
+from bridge.presentation.topics import TopicLayout
 
 
 class FakeClock:
@@ -40,7 +41,7 @@ def _sent(outbox: Outbox) -> dict[str, str]:
 
 def test_only_changed_fields_are_put_again() -> None:
     outbox = Outbox()
-    topics = UnitTopics("twc3", "garage")
+    topics = UnitTopics(TopicLayout("twc3"), "garage")
     publish_body(outbox, topics, parse_endpoint("vitals", _vitals()))
     first = _sent(outbox)
     assert first["twc3/garage/vitals/grid_v"] == "230.1"
@@ -55,7 +56,7 @@ def test_only_changed_fields_are_put_again() -> None:
 def test_a_value_of_another_type_is_a_change() -> None:
     """0 and False, or 1 and 1.0, compare equal in Python but are different payloads."""
     outbox = Outbox()
-    topics = UnitTopics("twc3", "garage")
+    topics = UnitTopics(TopicLayout("twc3"), "garage")
     publish_body(outbox, topics, parse_endpoint("vitals", _vitals(vehicle_connected=0)))
     _sent(outbox)
     publish_body(outbox, topics, parse_endpoint("vitals", _vitals(vehicle_connected=False)))
@@ -65,7 +66,7 @@ def test_a_value_of_another_type_is_a_change() -> None:
 def test_null_then_the_same_value_again_is_put() -> None:
     """A field that went null and came back with its old value is put again (it was forgotten)."""
     outbox = Outbox()
-    topics = UnitTopics("twc3", "garage")
+    topics = UnitTopics(TopicLayout("twc3"), "garage")
     publish_body(outbox, topics, parse_endpoint("vitals", _vitals()))
     _sent(outbox)
     publish_body(outbox, topics, parse_endpoint("vitals", _vitals(grid_v=None)))
@@ -80,7 +81,7 @@ def test_null_then_the_same_value_again_is_put() -> None:
 def test_skipped_fields_are_still_refreshed_by_the_outbox() -> None:
     clock = FakeClock()
     outbox = Outbox(clock=clock)
-    topics = UnitTopics("twc3", "garage")
+    topics = UnitTopics(TopicLayout("twc3"), "garage")
     publish_body(outbox, topics, parse_endpoint("vitals", _vitals()))
     _sent(outbox)
     clock.now = REFRESH_S
@@ -92,7 +93,7 @@ def test_skipped_fields_are_still_refreshed_by_the_outbox() -> None:
 
 def test_two_keys_with_one_level_keep_the_first() -> None:
     outbox = Outbox()
-    topics = UnitTopics("twc3", "garage")
+    topics = UnitTopics(TopicLayout("twc3"), "garage")
     body = b'{"odd.key": 1, "odd_key": 2}'
     skipped = publish_body(outbox, topics, parse_endpoint("vitals", body))
     assert skipped == 1
@@ -102,7 +103,7 @@ def test_two_keys_with_one_level_keep_the_first() -> None:
 def test_a_unit_inventing_keys_costs_bounded_memory() -> None:
     """A body with new keys on every poll is published, but the remembered keys stay bounded."""
     outbox = Outbox()
-    topics = UnitTopics("twc3", "garage")
+    topics = UnitTopics(TopicLayout("twc3"), "garage")
     for poll in range(2 * MAX_REMEMBERED_KEYS // 100):
         body = {f"k{poll}_{i}": i for i in range(100)}
         publish_body(outbox, topics, parse_endpoint("vitals", json.dumps(body).encode()))
@@ -113,7 +114,7 @@ def test_a_unit_inventing_keys_costs_bounded_memory() -> None:
 
 def test_an_oversized_body_is_published_up_to_the_field_bound() -> None:
     outbox = Outbox()
-    topics = UnitTopics("twc3", "garage")
+    topics = UnitTopics(TopicLayout("twc3"), "garage")
     body = {f"k{i}": i for i in range(MAX_FIELDS_PER_BODY + 10)}
     skipped = publish_body(outbox, topics, parse_endpoint("vitals", json.dumps(body).encode()))
     assert skipped == 10

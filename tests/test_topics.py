@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +21,7 @@ from bridge.core.names import (
     slugify,
     validate_base_topic,
 )
-from bridge.presentation.topics import compact_json, format_number, plain_payload
+from bridge.presentation.topics import TopicLayout, compact_json, format_number, plain_payload
 
 # --- plain_payload / format_number --------------------------------------------------------------
 
@@ -320,3 +322,43 @@ def test_integers_too_long_to_write_have_no_payload() -> None:
 def test_an_integer_of_hundreds_of_digits_is_written_in_full() -> None:
     """Below the limit nothing is lost: the raw topic shows the unit's value."""
     assert plain_payload(int("9" * 400)) == "9" * 400
+
+
+# --- the topic layout --------------------------------------------------------------------------
+
+
+def test_layout_spells_every_topic_under_the_base() -> None:
+    layout = TopicLayout("home/twc")
+    assert layout.bridge_state == "home/twc/bridge/state"
+    assert layout.unit("garage") == "home/twc/garage"
+    assert layout.availability("garage") == "home/twc/garage/availability"
+    assert layout.body("garage", "vitals") == "home/twc/garage/vitals"
+    assert layout.field("garage", "vitals", "grid_v") == "home/twc/garage/vitals/grid_v"
+    assert layout.derived("garage", "power_w") == "home/twc/garage/derived/power_w"
+    assert layout.event("garage") == "home/twc/garage/event"
+    assert layout.poller("garage", "parse_errors") == "home/twc/garage/poller/parse_errors"
+    assert layout.group("carport", "power_w") == "home/twc/group/carport/power_w"
+    assert layout.every_unit("derived", "power_w") == "home/twc/+/derived/power_w"
+
+
+def test_layout_parses_back_what_it_spells() -> None:
+    layout = TopicLayout("twc3")
+    assert layout.parse_unit_topic(layout.derived("garage", "status")) == (
+        "garage",
+        ("derived", "status"),
+    )
+    assert layout.parse_unit_topic("other/garage/availability") is None
+
+
+def test_only_the_layout_spells_the_bridges_topics() -> None:
+    """No module but presentation/topics.py writes a topic of the layout out by hand."""
+    spelt = re.compile(r'/(availability|bridge/state|event|derived/\{|poller/\{|group/\{)["/]')
+    package = Path(__file__).resolve().parent.parent / "bridge"
+    offenders = [
+        f"{path.relative_to(package)}:{number}"
+        for path in package.rglob("*.py")
+        if path.name != "topics.py" and path.parent.name != "sim"
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if 'f"' in line and spelt.search(line)
+    ]
+    assert offenders == []

@@ -16,6 +16,7 @@ from typing import Any, Final, Literal
 from bridge import __version__
 from bridge.core.names import slugify
 from bridge.presentation.entities import Entity, entities_for_fields
+from bridge.presentation.topics import TopicLayout
 
 DiscoveryMode = Literal["entity", "device", "off"]
 
@@ -44,9 +45,14 @@ class Site:
         return f"twc3_bridge_{slugify(self.base_topic) or 'default'}"
 
     @property
+    def layout(self) -> TopicLayout:
+        """The bridge's own topics, which the discovery configs point at."""
+        return TopicLayout(self.base_topic)
+
+    @property
     def bridge_state_topic(self) -> str:
         """The bridge's online/offline topic (also its MQTT Will)."""
-        return f"{self.base_topic}/bridge/state"
+        return self.layout.bridge_state
 
     @property
     def status_topic(self) -> str:
@@ -97,7 +103,7 @@ def availability(site: Site, unit_id: str, value_topic: str | None = None) -> li
     """
     entries = [
         {"topic": site.bridge_state_topic},
-        {"topic": f"{site.base_topic}/{unit_id}/availability"},
+        {"topic": site.layout.availability(unit_id)},
     ]
     if value_topic is not None:
         entries.append({"topic": value_topic, "value_template": NULL_UNAVAILABLE_TEMPLATE})
@@ -338,7 +344,7 @@ def group_configs(
             **options,
             "unique_id": f"{identifier}_{field}",
             "default_entity_id": f"sensor.{identifier}_{field}",
-            "state_topic": f"{site.base_topic}/group/{group_id}/{field}",
+            "state_topic": site.layout.group(group_id, field),
         }
     bridge_only = [{"topic": site.bridge_state_topic}]
     if mode == "device":

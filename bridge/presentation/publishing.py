@@ -13,7 +13,7 @@ from bridge.core.derivation import TEMPERATURE_FIELDS, Derived
 from bridge.core.models import ParsedBody
 from bridge.core.names import field_level
 from bridge.core.outbox import Outbox
-from bridge.presentation.topics import compact_json, plain_payload
+from bridge.presentation.topics import TopicLayout, compact_json, plain_payload
 
 logger = logging.getLogger(__name__)
 
@@ -30,20 +30,21 @@ class UnitTopics:
     :meth:`~bridge.core.outbox.Outbox.refresh_stale` still sends each topic again every few minutes.
     """
 
-    def __init__(self, base_topic: str, unit_id: str) -> None:
+    def __init__(self, layout: TopicLayout, unit_id: str) -> None:
         self.unit_id = unit_id
-        self.root = f"{base_topic}/{unit_id}"
-        self.availability = f"{self.root}/availability"
+        self.layout = layout
+        self.root = layout.unit(unit_id)
+        self.availability = layout.availability(unit_id)
         self.last_values: dict[str, object] = {}
         self._field_topics: dict[tuple[str, str], str | None] = {}
 
     def endpoint(self, endpoint: str) -> str:
         """The topic holding an endpoint's whole body as JSON."""
-        return f"{self.root}/{endpoint}"
+        return self.layout.body(self.unit_id, endpoint)
 
     def field(self, endpoint: str, level: str) -> str:
         """The topic holding one field's plain value."""
-        return f"{self.root}/{endpoint}/{level}"
+        return self.layout.field(self.unit_id, endpoint, level)
 
     def field_topic(self, endpoint: str, key: str) -> str | None:
         """The topic of a body key, or ``None`` when the key has no safe topic level."""
@@ -89,16 +90,16 @@ class UnitTopics:
 
     def derived(self, name: str) -> str:
         """The topic of one derived value."""
-        return f"{self.root}/derived/{name}"
+        return self.layout.derived(self.unit_id, name)
 
     @property
     def event(self) -> str:
         """The non-retained event topic."""
-        return f"{self.root}/event"
+        return self.layout.event(self.unit_id)
 
     def poller(self, name: str) -> str:
         """The topic of one of the bridge's own counters about this unit."""
-        return f"{self.root}/poller/{name}"
+        return self.layout.poller(self.unit_id, name)
 
 
 def field_messages(

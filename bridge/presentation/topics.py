@@ -1,11 +1,74 @@
-"""MQTT payload text: plain values and compact JSON for the bridge's topics."""
+"""The bridge's own MQTT topics (:class:`TopicLayout` spells them all) and their payload text."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class TopicLayout:
+    """Every topic the bridge publishes under its base topic, spelt here and nowhere else.
+
+    ``<base>/bridge/state``, ``<base>/<unit>/availability``, ``<base>/<unit>/<endpoint>`` and its
+    ``/<field>`` levels, ``<base>/<unit>/derived/<name>``, ``<base>/<unit>/event``,
+    ``<base>/<unit>/poller/<name>`` and ``<base>/group/<group>/<key>``. Home Assistant's discovery
+    topics and Homie's belong to their own conventions (``discovery`` and ``homie`` modules).
+    """
+
+    base: str
+
+    @property
+    def bridge_state(self) -> str:
+        """The bridge's ``online``/``offline`` topic (also its MQTT Will)."""
+        return f"{self.base}/bridge/state"
+
+    def unit(self, unit_id: str) -> str:
+        """The root of one unit's topics."""
+        return f"{self.base}/{unit_id}"
+
+    def availability(self, unit_id: str) -> str:
+        """Whether the unit answers: ``online``/``offline``."""
+        return f"{self.base}/{unit_id}/availability"
+
+    def body(self, unit_id: str, endpoint: str) -> str:
+        """An endpoint's whole body as JSON."""
+        return f"{self.base}/{unit_id}/{endpoint}"
+
+    def field(self, unit_id: str, endpoint: str, level: str) -> str:
+        """One field's plain value."""
+        return f"{self.base}/{unit_id}/{endpoint}/{level}"
+
+    def derived(self, unit_id: str, name: str) -> str:
+        """One derived value."""
+        return f"{self.base}/{unit_id}/derived/{name}"
+
+    def event(self, unit_id: str) -> str:
+        """The unit's non-retained events."""
+        return f"{self.base}/{unit_id}/event"
+
+    def poller(self, unit_id: str, name: str) -> str:
+        """One of the bridge's own counters about the unit."""
+        return f"{self.base}/{unit_id}/poller/{name}"
+
+    def group(self, group_id: str, key: str) -> str:
+        """One value of a power-sharing group."""
+        return f"{self.base}/group/{group_id}/{key}"
+
+    def every_unit(self, *levels: str) -> str:
+        """A subscription filter for the same topic of every unit (``<base>/+/…``)."""
+        return "/".join((self.base, "+", *levels))
+
+    def parse_unit_topic(self, topic: str) -> tuple[str, tuple[str, ...]] | None:
+        """``(unit id, the levels after it)`` for a topic under the base, else ``None``."""
+        prefix = f"{self.base}/"
+        if not topic.startswith(prefix):
+            return None
+        unit_id, *levels = topic[len(prefix) :].split("/")
+        return unit_id, tuple(levels)
 
 
 def format_number(value: float) -> str | None:

@@ -24,7 +24,7 @@ from bridge.core.names import field_level
 from bridge.core.outbox import Outbox
 from bridge.presentation.discovery import Site, UnitInfo, group_configs
 from bridge.presentation.homie import HomiePublisher, unit_values
-from bridge.presentation.topics import plain_payload
+from bridge.presentation.topics import TopicLayout, plain_payload
 from bridge.runtime.announce import Announcer, Reannouncer
 from bridge.runtime.poller import ConnectorPoller, IdRegistry
 from bridge.runtime.statefile import EnergyRecord, StateFile
@@ -142,7 +142,8 @@ class Bridge:
         self._freeze_heap_when_settled = freeze_heap_when_settled
         self.heap_frozen = False
         self.outbox = Outbox()
-        self.state_topic = f"{config.mqtt.base_topic}/bridge/state"
+        self.layout = TopicLayout(config.mqtt.base_topic)
+        self.state_topic = self.layout.bridge_state
         self.registry = IdRegistry()
         for connector in config.connectors:
             if (cid := connector.configured_id()) is not None:
@@ -307,11 +308,10 @@ class Bridge:
                 current_a=float(derived.get("current_a", 0.0)),  # type: ignore[arg-type]
                 charging=derived.get("charging") is True,
             )
-        base = f"{self.config.mqtt.base_topic}/group/{group.group_id}"
         for key, value in group_values(group.leader, members).items():
             payload = plain_payload(value)
             if payload is not None:
-                self.outbox.put(f"{base}/{key}", payload)
+                self.outbox.put(self.layout.group(group.group_id, key), payload)
         self.announcer.update_group(
             f"group:{group.group_id}",
             lambda: group_configs(

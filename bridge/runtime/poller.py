@@ -36,6 +36,7 @@ from bridge.core.names import id_problem, slugify
 from bridge.core.outbox import Outbox
 from bridge.core.parsing import value_excerpt
 from bridge.presentation.publishing import UnitTopics, publish_body, publish_derived
+from bridge.presentation.topics import TopicLayout
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class ConnectorPoller:
         self.attempted: set[Endpoint] = set()
         self.polling = polling
         self.status = UnitStatus()
-        self._base_topic = base_topic
+        self._layout = TopicLayout(base_topic)
         self._fetcher = fetcher
         self._outbox = outbox
         self._registry = registry
@@ -179,7 +180,7 @@ class ConnectorPoller:
                 owner,
             )
             return False
-        self._topics = UnitTopics(self._base_topic, unit_id)
+        self._topics = UnitTopics(self._layout, unit_id)
         return True
 
     def interval(self, endpoint: Endpoint) -> float:

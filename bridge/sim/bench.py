@@ -71,6 +71,7 @@ from bridge.core.config import (
 )
 from bridge.core.models import Endpoint
 from bridge.core.outbox import Message, Outbox
+from bridge.presentation.topics import TopicLayout
 from bridge.runtime.app import START_SLOTS, Bridge
 from bridge.sim.baseline import peak_rss_mb
 
@@ -488,7 +489,10 @@ async def run_bench(
             port=simulator_port,
             ticks={f"bench{i:04d}": tick for i, (_, tick) in enumerate(unit_ticks, start=1)},
         )
-        topics = [f"{BASE_TOPIC}/+/vitals/uptime_s", f"{BASELINE_BASE_TOPIC}/+/vitals/uptime_s"]
+        topics = [
+            TopicLayout(base).every_unit("vitals", "uptime_s")
+            for base in (BASE_TOPIC, BASELINE_BASE_TOPIC)
+        ]
         subscriber = _Child(_subscriber_child, host, port, topics, BASE_TOPIC)
         subscriber.receive()
         for _ in range(repeat):

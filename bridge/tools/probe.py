@@ -13,6 +13,7 @@ from bridge.core.logtext import escaped
 from bridge.core.models import ENDPOINTS, ParsedBody, ParseError, Version, parse_endpoint
 from bridge.core.names import id_problem, slugify
 from bridge.presentation.publishing import field_messages
+from bridge.presentation.topics import TopicLayout
 
 REDACTED: Final = "REDACTED"
 DEFAULT_BASE_TOPIC: Final = MqttConfig().base_topic
@@ -80,7 +81,9 @@ def render_report(
     unit_id, why = unit_topic_id(configured_id, serial)
     if unit_id is not None and redact and configured_id is None:
         unit_id = "<id>"  # derived from the serial number, which --redact hides
-    root = f"{base_topic}/{unit_id or '<id>'}"
+    layout = TopicLayout(base_topic)
+    shown_id = unit_id or "<id>"
+    root = layout.unit(shown_id)
     lines = [
         f"Wall Connector at {shown_host} (read-only local API)",
         f"topics: {root}/... ({why})" if unit_id else f"topics: none usable: {why}",
@@ -100,7 +103,8 @@ def render_report(
         lines.append("   would publish:" if unit_id else "   would publish (once it has an id):")
         levels, skipped = field_messages(fields)
         for level, payload in levels.items():
-            lines.append(f"     {root}/{endpoint}/{level} = {escaped(payload, MAX_PAYLOAD_CHARS)}")
+            topic = layout.field(shown_id, endpoint, level)
+            lines.append(f"     {topic} = {escaped(payload, MAX_PAYLOAD_CHARS)}")
         if skipped:
             lines.append(f"     ({skipped} keys without a topic)")
         lines.append("")

@@ -20,6 +20,7 @@ from typing import Final, TextIO
 
 from bridge.adapters.mqtt import MqttUnavailableError, Subscription, subscribe
 from bridge.core.config import MqttConfig
+from bridge.presentation.topics import TopicLayout
 
 UNKNOWN: Final = "–"  # an en dash: the table's "no value yet"
 RESERVED_IDS: Final = frozenset({"bridge", "group"})
@@ -70,10 +71,11 @@ class WatchState:
 
 def subscriptions(base_topic: str) -> tuple[str, ...]:
     """The topic filters the watcher needs."""
+    layout = TopicLayout(base_topic)
     return (
-        f"{base_topic}/bridge/state",
-        f"{base_topic}/+/availability",
-        *(f"{base_topic}/+/derived/{name}" for name in DERIVED_FIELDS),
+        layout.bridge_state,
+        layout.every_unit("availability"),
+        *(layout.every_unit("derived", name) for name in DERIVED_FIELDS),
     )
 
 
@@ -110,6 +112,22 @@ def _parse_timestamp(text: str | None) -> float | None:
     return moment.timestamp()
 
 
+def _watched_value(layout: TopicLayout, topic: str) -> tuple[str, str] | None:
+    """``(unit id, "availability" or a derived name)`` for a topic the table shows, else None."""
+    parsed = layout.parse_unit_topic(topic)
+    if parsed is None:
+        return None
+    unit_id, levels = parsed
+    if not unit_id or unit_id in RESERVED_IDS or "+" in unit_id or "#" in unit_id:
+        return None
+    if topic == layout.availability(unit_id):
+        return unit_id, "availability"
+    name = levels[-1]
+    if name in DERIVED_FIELDS and topic == layout.derived(unit_id, name):
+        return unit_id, name
+    return None
+
+
 def apply(
     state: WatchState,
     topic: str,
@@ -123,22 +141,14 @@ def apply(
     ``now`` (epoch seconds, default the current time) stamps live messages: a retained message may
     be hours old, so only ``derived/last_seen`` or a live message give a unit its age.
     """
-    prefix = state.base_topic + "/"
-    if not topic.startswith(prefix):
-        return False
-    levels = topic[len(prefix) :].split("/")
-    if levels == ["bridge", "state"]:
+    layout = TopicLayout(state.base_topic)
+    if topic == layout.bridge_state:
         state.bridge_state = clean_text(payload)
         return True
-    unit_id = levels[0]
-    if not unit_id or unit_id in RESERVED_IDS or "+" in unit_id or "#" in unit_id:
+    watched = _watched_value(layout, topic)
+    if watched is None:
         return False
-    if levels[1:] == ["availability"]:
-        name = "availability"
-    elif len(levels) == 3 and levels[1] == "derived" and levels[2] in DERIVED_FIELDS:  # noqa: PLR2004
-        name = levels[2]
-    else:
-        return False
+    unit_id, name = watched
     unit = state.units.get(unit_id)
     if unit is None:
         if not payload:
