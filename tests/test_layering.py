@@ -1,4 +1,4 @@
-"""One module owns each I/O library: httpx in twc, aiomqtt and paho in mqtt."""
+"""One module owns each I/O library: httpx and h11 in twc, aiomqtt and paho in mqtt."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "bridge"
 OWNERS = {
     "httpx": {"twc"},
+    "h11": {"twc"},
     "aiomqtt": {"mqtt"},
     "paho": {"mqtt"},
 }
