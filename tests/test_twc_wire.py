@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import h11
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.twc import MAX_HEAD_BYTES, MAX_HEADERS, Http11Wire, ResponseError, Signal
+from bridge.twc import (
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+    Http11Wire,
+    ResponseError,
+    Signal,
+    _Connection,
+)
 
 GET = h11.Request(method=b"GET", target=b"/api/1/vitals", headers=[(b"Host", b"unit")])
 
@@ -235,3 +244,40 @@ def test_any_bytes_give_events_or_a_response_error_only(raw: bytes, pieces: int)
         failure = error
     assert ended or failure is not None, "the wire neither ended nor failed"
     assert failure is None or "\n" not in str(failure)
+
+
+class _Socket(asyncio.Transport):
+    """A transport that records flow control (reading paused or not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_reading_pauses_past_256_kib_unread_and_resumes_once_taken() -> None:
+    """A reader that falls behind stops the socket's reads instead of buffering without end."""
+    connection = _Connection()
+    socket = _Socket()
+    connection.connection_made(socket)
+    connection.wire.request(GET)
+    connection.in_flight = True
+    connection.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 400000\r\n\r\n")
+    for _ in range(3):
+        connection.data_received(b"x" * 100_000)
+    assert not socket.reading  # 300 000 bytes unread
+    assert isinstance(await connection.next_event(1.0), h11.Response)
+    assert await connection.next_event(1.0) == b"x" * 300_000
+    assert socket.reading
+    connection.data_received(b"x" * 100_000)
+    assert await connection.next_event(1.0) == b"x" * 100_000
+    assert await connection.next_event(1.0) is Signal.END
+    assert connection.wire.reusable
