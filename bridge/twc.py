@@ -518,7 +518,9 @@ class TwcClient:
         self._transport = transport or _Http11Transport(source_address=source_address)
         # Parsed now, so a malformed base URL fails here, where the client is built.
         self._prefix = str(httpx.URL(base_url)).rstrip("/") + API_PREFIX
-        self._urls: dict[str, httpx.URL] = {}
+        # One request per endpoint, built once: a GET without a body is only read by transports,
+        # and building it (URL, headers, Host) costs about as much as parsing the response.
+        self._requests: dict[str, httpx.Request] = {}
         # Read-only and shared by every request; `write` only matters to httpx transports.
         self._timeout = {
             "connect": connect_timeout_s,
@@ -555,12 +557,14 @@ class TwcClient:
             raise TwcUnreachableError(_connect_reason(error), endpoint) from None
 
     async def _fetch(self, endpoint: str) -> bytes:
-        url = self._urls.get(endpoint)
-        if url is None:
-            url = self._urls[endpoint] = httpx.URL(self._prefix + endpoint)
-        request = httpx.Request(
-            "GET", url, headers=_REQUEST_HEADERS, extensions={"timeout": self._timeout}
-        )
+        request = self._requests.get(endpoint)
+        if request is None:
+            request = self._requests[endpoint] = httpx.Request(
+                "GET",
+                self._prefix + endpoint,
+                headers=_REQUEST_HEADERS,
+                extensions={"timeout": self._timeout},
+            )
         response = await self._transport.handle_async_request(request)
         try:
             if response.status_code != httpx.codes.OK:
