@@ -19,6 +19,7 @@ IO_MODULES = frozenset(
 )
 OWNERS = {
     "httpx": {"adapters.twc"},
+    "h11": {"adapters.twc"},
     "aiomqtt": {"adapters.mqtt", "adapters.mqtt_fastpath"},
     "paho": {"adapters.mqtt_fastpath"},  # the fast path's internals; mqtt.py uses aiomqtt's API
 }

@@ -638,3 +638,40 @@ async def test_idle_connection_closed_or_spoiled_by_the_unit_is_replaced(after: 
         finally:
             await client.aclose()
     assert wire.connections == 2
+
+
+def _chunked(body: bytes, size: int) -> bytes:
+    chunks = [body[i : i + size] for i in range(0, len(body), size)]
+    framed = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks)
+    return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + framed + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_a_body_of_megabytes_arrives_whole_and_the_connection_is_kept(framing: str) -> None:
+    """Megabytes in one answer, in many reads and chunks, reach the reader intact."""
+    body = bytes(range(256)) * (12 * 1024)  # 3 MiB
+    big = _http(body) if framing == "length" else _chunked(body, 100_000)
+    async with asyncio.timeout(20), _serve(_answer(big, _http(b"{}"))) as wire:
+        client = TwcClient(wire.url, max_body_bytes=len(body))
+        try:
+            assert await client.fetch("vitals") == body
+            assert await client.fetch("vitals") == b"{}"
+        finally:
+            await client.aclose()
+    assert wire.connections == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        _http(headers="X-Big: " + "a" * 20_000 + "\r\n"),
+        _http(headers="X: 1\r\n" * 101),
+        b"HTTP/1.1 100 Continue\r\n\r\n" + _http(),
+    ],
+    ids=["head-over-16-KiB", "101-headers", "informational"],
+)
+async def test_heads_past_the_bounds_are_a_dropped_connection(answer: bytes) -> None:
+    """Limits h11 leaves to us (a whole head's size, header count, 1xx) fail the request cleanly."""
+    error, _ = await _real_fetch(_answer(answer))
+    assert isinstance(error, TwcUnreachableError)
+    assert error.reason == "connection dropped (RemoteProtocolError)"

@@ -1,6 +1,7 @@
 """The HTTP side: one client per Wall Connector, one request at a time, never a retry.
 
-This is the only module that imports httpx. Errors are mapped here to the small tree
+This is the only module that imports httpx (the request/response types) and h11 (which parses
+the responses, under :class:`Http11Wire`'s bounds). Errors are mapped here to the small tree
 below, each with a short ``reason`` a person can read in a log line or on the ``reachability``
 topic::
 
@@ -12,6 +13,7 @@ topic::
 from __future__ import annotations
 
 import asyncio
+import enum
 import errno
 import functools
 import socket
@@ -20,9 +22,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Final
 
+import h11
 import httpx
 
-from bridge.adapters.http11 import ProtocolError, ResponseHead, ResponseParser, Signal
 from bridge.core.models import Endpoint
 
 MAX_BODY_BYTES: Final = 64 * 1024  # real bodies are under 1 KiB; bound what a broken unit sends
@@ -37,6 +39,12 @@ _NO_ROUTE_ERRNOS: Final = frozenset(
 _KEEPALIVE_S: Final = 5.0
 # Past this much unread, stop reading the socket until the body's reader catches up.
 _PAUSE_ABOVE_BYTES: Final = 256 * 1024
+# Bounds h11 does not set: the whole head (h11 bounds only an incomplete one), its header count.
+MAX_HEAD_BYTES: Final = 16 * 1024
+MAX_HEADERS: Final = 100
+_MAX_REASON_CHARS: Final = 200
+_H11_TOO_LONG: Final = 431  # the status h11 suggests when an incomplete event outgrows its bound
+_MAX_CACHED_REQUESTS: Final = 16  # a client asks for four endpoints
 # A compressed body could expand past the size bound after it was checked.
 _REQUEST_HEADERS: Final = {"Accept-Encoding": "identity"}
 
@@ -80,12 +88,162 @@ def _connect_reason(error: BaseException) -> str:
     return "connection failed"
 
 
+class ResponseError(Exception):
+    """The bytes are not a usable HTTP/1.1 response, or it was cut short (one-line reason)."""
+
+
+class Signal(enum.Enum):
+    """What :meth:`Http11Wire.next_event` returns besides the head and body pieces."""
+
+    NEED_DATA = enum.auto()
+    END = enum.auto()
+
+
+def _one_line(error: h11.RemoteProtocolError) -> str:
+    # h11 quotes the offending bytes: a 16 KiB status line would make a 16 KiB reason.
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= _MAX_REASON_CHARS else text[: _MAX_REASON_CHARS - 3] + "..."
+
+
+class Http11Wire:
+    """One connection's HTTP/1.1, no I/O: request bytes out, response events in, all bounded.
+
+    h11 parses (framing, chunked coding, keep-alive rules, trailers); this adds what h11 leaves
+    open: an exact bound on the head (h11 bounds only an *incomplete* event, so a whole head
+    arriving in one read could be any size), a header count, and no informational responses.
+    Bytes wait here and reach h11 only when it needs more, so :attr:`buffered` is what the
+    socket has delivered and the reader has not taken yet (for flow control). Anything wrong
+    raises :class:`ResponseError` with a one-line reason; no byte sequence raises anything else.
+    """
+
+    def __init__(self) -> None:
+        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self._pending: list[bytes] = []
+        self.buffered = 0
+        self._eof = False  # the peer closed; told to h11 once the pending bytes are in
+        self._eof_fed = False
+        self._head_room: int | None = None  # bytes h11 may still get before the head is parsed
+        self.reusable = False  # set once the whole response was read and framing allows it
+
+    def request(self, head: h11.Request, body: bytes = b"") -> bytes:
+        """The bytes of a whole request; its response is read next.
+
+        Raises:
+            h11.LocalProtocolError: the request is not valid HTTP/1.1 (no Host header...).
+        """
+        wire = self._h11
+        out = [wire.send(head)]
+        if body:
+            out.append(wire.send(h11.Data(data=body)))
+        out.append(wire.send(h11.EndOfMessage()))
+        self._head_room = MAX_HEAD_BYTES + 1  # one more than the bound: h11 then refuses it
+        self.reusable = False
+        return b"".join(piece for piece in out if piece)
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes that arrived."""
+        self._pending.append(data)
+        self.buffered += len(data)
+
+    def feed_eof(self) -> None:
+        """The peer closed its side: no more bytes will arrive."""
+        self._eof = True
+
+    def next_event(self) -> h11.Response | bytes | Signal:
+        """The response head, a body piece, :data:`Signal.END`, or :data:`Signal.NEED_DATA`.
+
+        Raises:
+            ResponseError: the bytes are not a usable response, or it was cut short.
+        """
+        wire = self._h11
+        while True:
+            if self._pending:  # now, rather than after h11 says NEED_DATA: one call fewer
+                self._feed()
+            try:
+                event = wire.next_event()
+            except h11.RemoteProtocolError as error:
+                raise self._refusal(error) from None
+            if type(event) is h11.Data:  # the common case first: `type() is` is the cheap test
+                return bytes(event.data)
+            if event is h11.NEED_DATA:
+                if not self._feed():
+                    return Signal.NEED_DATA
+            elif type(event) is h11.Response:
+                return self._head(event)
+            elif type(event) is h11.EndOfMessage:
+                return self._end()
+            elif type(event) is h11.InformationalResponse:  # never asked for (no Expect, Upgrade)
+                raise ResponseError(f"unexpected informational response {event.status_code}")
+            else:  # ConnectionClosed or PAUSED: h11 saw the end before the response's
+                raise ResponseError("connection closed before the response ended")
+
+    def _refusal(self, error: h11.RemoteProtocolError) -> ResponseError:
+        if error.error_status_hint == _H11_TOO_LONG:  # h11's own words: "Receive buffer too long"
+            what = "chunk size line or trailers" if self._head_room is None else "head"
+            return ResponseError(f"response {what} too large")
+        return ResponseError(_one_line(error))
+
+    def _feed(self) -> bool:
+        """Hand h11 what arrived (only up to the head's bound before the head); False if nothing."""
+        pending = self._pending
+        wire = self._h11
+        room = self._head_room
+        if not pending:
+            if not self._eof or self._eof_fed:
+                return False
+            if room is not None:
+                if room > MAX_HEAD_BYTES:
+                    raise ResponseError("server disconnected without sending a response")
+                raise ResponseError("connection closed in the response head")
+            self._eof_fed = True
+            wire.receive_data(b"")
+            return True
+        if room is None:
+            for data in pending:
+                wire.receive_data(data)
+            pending.clear()
+            self.buffered = 0
+            return True
+        if not room:  # h11 refuses a head past its bound before this: never feed it more
+            raise ResponseError("response head too large")
+        data = pending[0]
+        if len(data) > room:
+            pending[0] = data[room:]
+            data = data[:room]
+        else:
+            del pending[0]
+        self._head_room = room - len(data)
+        self.buffered -= len(data)
+        wire.receive_data(data)
+        return True
+
+    def _head(self, head: h11.Response) -> h11.Response:
+        if len(head.headers) > MAX_HEADERS:
+            raise ResponseError("too many headers")
+        self._head_room = None
+        return head
+
+    def _end(self) -> Signal:
+        wire = self._h11
+        # Bytes beyond the response: the next answer on this connection could not be trusted.
+        if (
+            wire.our_state is h11.DONE
+            and wire.their_state is h11.DONE
+            and not self._pending
+            and not wire.trailing_data[0]
+        ):
+            wire.start_next_cycle()
+            self.reusable = True
+        return Signal.END
+
+
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection to a unit; parses what arrives for the request in flight."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.parser: ResponseParser | None = None
+        self.wire = Http11Wire()
+        self.in_flight = False  # a request was sent and its response is not wholly read
         self.closed = False  # by either side; a closed connection is never reused
         self.error: Exception | None = None  # what the socket reported, if it failed
         self.stray = False  # bytes arrived with no request in flight: not to be trusted
@@ -98,11 +256,12 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        if self.parser is None:
+        if not self.in_flight:
             self.stray = True
             return
-        self.parser.feed(data)
-        if self.parser.buffered > _PAUSE_ABOVE_BYTES and self.transport is not None:
+        wire = self.wire
+        wire.feed(data)
+        if wire.buffered > _PAUSE_ABOVE_BYTES and self.transport is not None:
             self.transport.pause_reading()  # the reader is behind (a huge body): stop buffering
             self._paused = True
         self._wake()
@@ -115,8 +274,7 @@ class _Connection(asyncio.Protocol):
         self._ended(exc)
 
     def _ended(self, error: Exception | None) -> None:
-        if self.parser is not None:
-            self.parser.feed_eof()
+        self.wire.feed_eof()
         self.closed = True
         self.error = self.error or error
         self._wake()
@@ -125,20 +283,19 @@ class _Connection(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def next_event(self, read_timeout_s: float | None) -> ResponseHead | bytes | Signal:
+    async def next_event(self, read_timeout_s: float | None) -> h11.Response | bytes | Signal:
         """The next head, body piece or END of the response in flight, waiting for bytes."""
-        parser = self.parser
-        assert parser is not None  # noqa: S101 - set by the transport before the request
+        wire = self.wire
         while True:
             try:
-                event = parser.next_event()
-            except ProtocolError as error:
+                event = wire.next_event()
+            except ResponseError as error:
                 # A socket error (a reset) shows as "closed" to the parser: report the error.
                 if self.error is not None:
                     raise httpx.ReadError(str(self.error) or type(self.error).__name__) from None
                 raise httpx.RemoteProtocolError(str(error)) from None
             if event is not Signal.NEED_DATA:
-                if self._paused and parser.buffered <= _PAUSE_ABOVE_BYTES // 2:
+                if self._paused and wire.buffered <= _PAUSE_ABOVE_BYTES // 2:
                     self._paused = False
                     if self.transport is not None:
                         self.transport.resume_reading()
@@ -182,11 +339,13 @@ class _Body(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         connection = self._connection
-        parser = connection.parser
-        if parser is None:
+        if not connection.in_flight:
             return  # closed before
-        connection.parser = None
-        if self._complete and parser.reusable and not (connection.closed or connection.stray):
+        connection.in_flight = False
+        wire = connection.wire
+        # Bytes after the response's end: the next answer on this connection could not be trusted.
+        reusable = self._complete and wire.reusable and not wire.buffered
+        if reusable and not (connection.closed or connection.stray):
             connection.idle_since = time.monotonic()
         else:
             connection.close()
@@ -204,7 +363,7 @@ class _Http11Transport(httpx.AsyncBaseTransport):
     """An httpx transport on one kept-alive connection: one request at a time, never a retry.
 
     httpx's own stack costs ~4x the CPU per request of this, and polling is most of the bridge's
-    work; the units need nothing but GET over HTTP/1.1 (parsed by :mod:`bridge.adapters.http11`).
+    work; the units need nothing but GET over HTTP/1.1 (h11 parses, :class:`Http11Wire` bounds).
     """
 
     def __init__(
@@ -215,6 +374,7 @@ class _Http11Transport(httpx.AsyncBaseTransport):
         self._connection: _Connection | None = None
         self._lock = asyncio.Lock()
         self._closed = False
+        self._requests: dict[tuple[str, bytes, tuple[tuple[bytes, bytes], ...]], h11.Request] = {}
 
     async def _connect(self, url: httpx.URL, timeouts: dict[str, float | None]) -> _Connection:
         connection = self._connection
@@ -269,30 +429,47 @@ class _Http11Transport(httpx.AsyncBaseTransport):
         self, request: httpx.Request, timeouts: dict[str, float | None]
     ) -> httpx.Response:
         connection = await self._connect(request.url, timeouts)
-        head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
-        head.extend(b"%s: %s\r\n" % (name, value) for name, value in request.headers.raw)
-        head.append(b"\r\n")
-        connection.parser = ResponseParser(expect_body=request.method != "HEAD")
         transport = connection.transport
         if transport is None or transport.is_closing():
             connection.close()
             raise httpx.RemoteProtocolError("connection closed before the request")
-        transport.write(b"".join(head) + (request.content or b""))
+        try:
+            data = connection.wire.request(self._h11_request(request), request.content or b"")
+        except h11.LocalProtocolError as error:
+            connection.close()
+            raise httpx.LocalProtocolError(str(error)) from None
+        connection.in_flight = True
+        transport.write(data)
         read_timeout_s = timeouts.get("read")
         try:
             event = await connection.next_event(read_timeout_s)
         except BaseException:
-            connection.parser = None
+            connection.in_flight = False
             connection.close()
             raise
-        assert isinstance(event, ResponseHead)  # noqa: S101 - the parser's first event
+        assert isinstance(event, h11.Response)  # noqa: S101 - the wire's first event
         return httpx.Response(
-            event.status,
-            headers=event.headers,
+            event.status_code,
+            headers=event.headers.raw_items(),
             stream=_Body(connection, read_timeout_s, self._lock),
             request=request,
-            extensions={"http_version": event.http_version, "reason_phrase": event.reason},
+            extensions={
+                "http_version": b"HTTP/" + event.http_version,
+                "reason_phrase": event.reason,
+            },
         )
+
+    def _h11_request(self, request: httpx.Request) -> h11.Request:
+        # h11 validates every header of a new Request: a third of its cost per exchange. A unit's
+        # client sends the same few requests over and over, so each is built once.
+        key = (request.method, request.url.raw_path, tuple(request.headers.raw))
+        head = self._requests.get(key)
+        if head is None:
+            if len(self._requests) >= _MAX_CACHED_REQUESTS:
+                self._requests.clear()
+            head = h11.Request(method=key[0], target=key[1], headers=request.headers.raw)
+            self._requests[key] = head
+        return head
 
     async def aclose(self) -> None:
         self._closed = True
@@ -342,7 +519,9 @@ class TwcClient:
         self._transport = transport or _Http11Transport(source_address=source_address)
         # Parsed now, so a malformed base URL fails here, where the client is built.
         self._prefix = str(httpx.URL(base_url)).rstrip("/") + API_PREFIX
-        self._urls: dict[str, httpx.URL] = {}
+        # One request per endpoint, built once: a GET without a body is only read by transports,
+        # and building it (URL, headers, Host) costs about as much as parsing the response.
+        self._requests: dict[str, httpx.Request] = {}
         # Read-only and shared by every request; `write` only matters to httpx transports.
         self._timeout = {
             "connect": connect_timeout_s,
@@ -379,12 +558,14 @@ class TwcClient:
             raise TwcUnreachableError(_connect_reason(error), endpoint) from None
 
     async def _fetch(self, endpoint: str) -> bytes:
-        url = self._urls.get(endpoint)
-        if url is None:
-            url = self._urls[endpoint] = httpx.URL(self._prefix + endpoint)
-        request = httpx.Request(
-            "GET", url, headers=_REQUEST_HEADERS, extensions={"timeout": self._timeout}
-        )
+        request = self._requests.get(endpoint)
+        if request is None:
+            request = self._requests[endpoint] = httpx.Request(
+                "GET",
+                self._prefix + endpoint,
+                headers=_REQUEST_HEADERS,
+                extensions={"timeout": self._timeout},
+            )
         response = await self._transport.handle_async_request(request)
         try:
             if response.status_code != httpx.codes.OK:
