@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 import bridge.runtime.app
+import bridge.runtime.housekeeping
 import bridge.runtime.poller
 from bridge.adapters.twc import TwcClient
 from bridge.core.config import BridgeConfig, ConnectorConfig
@@ -59,7 +60,7 @@ def unfrozen_afterwards() -> Iterator[None]:
 async def test_heap_frozen_only_when_asked_and_only_once_every_unit_was_asked_everything(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, freeze: bool
 ) -> None:
-    monkeypatch.setattr(bridge.runtime.app, "SETTLE_CHECK_S", 0.05)
+    monkeypatch.setattr(bridge.runtime.housekeeping, "SETTLE_CHECK_S", 0.05)
     # Startup asks each unit its four endpoints ~1 s apart; the order matters here, not the pace.
     monkeypatch.setattr(bridge.runtime.poller, "MIN_START_GAP_S", 0.05)
     monkeypatch.setattr(bridge.runtime.poller, "MIN_IDLE_S", 0.01)

@@ -13,8 +13,7 @@ from bridge.core.outbox import Message, Outbox
 from bridge.presentation.homie import HomiePublisher
 from bridge.presentation.publishing import UnitTopics, publish_body
 from bridge.presentation.topics import TopicLayout
-from bridge.runtime.announce import MAX_REMOVED_STUBS, Announcer
-from bridge.runtime.app import announced_fields
+from bridge.runtime.announce import MAX_REMOVED_STUBS, Announcer, announced_fields
 from tests.discovery_samples import GARAGE, SITE
 from tests.test_poller import make_poller, poll_until
 

@@ -13,6 +13,8 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from bridge.core.models import ENDPOINTS, Version, WifiStatus
+from bridge.core.names import field_level
 from bridge.core.outbox import Deferred, Outbox
 from bridge.presentation.discovery import (
     DiscoveryMode,
@@ -28,6 +30,8 @@ from bridge.presentation.discovery import (
     unit_entities,
 )
 from bridge.presentation.entities import Entity
+from bridge.presentation.homie import unit_values
+from bridge.runtime.poller import ConnectorPoller
 from bridge.runtime.statefile import StateFile
 
 logger = logging.getLogger(__name__)
@@ -208,3 +212,60 @@ class Reannouncer:
             self.reannounced += 1
             logger.info("discovery: Home Assistant came online; announcing again")
             self._outbox.republish_all(first_prefix=self._first_prefix)
+
+
+def unit_info(
+    poller: ConnectorPoller,
+    name: str | None,
+    configuration_url: str,
+    via_device: str | None = None,
+) -> UnitInfo | None:
+    """What discovery needs about a polled unit, once its id and serial number are known."""
+    status = poller.status
+    if poller.topics is None or status.serial is None:
+        return None
+    version = status.last_bodies.get("version")
+    wifi = status.last_bodies.get("wifi_status")
+    version_model = version.model if version and isinstance(version.model, Version) else None
+    wifi_model = wifi.model if wifi and isinstance(wifi.model, WifiStatus) else None
+    return UnitInfo(
+        unit_id=poller.topics.unit_id,
+        serial=status.serial,
+        name=name,
+        part_number=version_model.part_number if version_model else None,
+        firmware=version_model.firmware_version if version_model else None,
+        mac=wifi_model.wifi_mac if wifi_model else None,
+        configuration_url=configuration_url,
+        via_device=via_device,
+    )
+
+
+def announced_fields(poller: ConnectorPoller) -> dict[str, list[str]]:
+    """The topic level of every admitted key of each endpoint read, in the unit's order.
+
+    Admitted keys (:class:`~bridge.core.fieldbudget.FieldBudget`) stay announced until retired, so a
+    key missing from one body does not remove and re-add its entity.
+    """
+    fields: dict[str, list[str]] = {}
+    for endpoint in ENDPOINTS:
+        if endpoint not in poller.status.last_bodies:
+            continue
+        levels = dict.fromkeys(
+            level
+            for key in poller.field_budget.admitted(endpoint)
+            if (level := field_level(key)) is not None
+        )
+        fields[endpoint] = list(levels)
+    if poller.status.derived:
+        fields["derived"] = list(poller.status.derived)
+    return fields
+
+
+def homie_values(poller: ConnectorPoller) -> dict[tuple[str, str], object]:
+    """What the unit's Homie node shows: its admitted fields and its derived values."""
+    budget = poller.field_budget
+    bodies = {
+        str(name): {key: body.fields.get(key) for key in budget.admitted(name)}
+        for name, body in poller.status.last_bodies.items()
+    }
+    return unit_values(bodies, poller.status.derived)

@@ -87,7 +87,7 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return EXIT_USAGE
-    from bridge.runtime.app import HEARTBEAT_FILE_NAME  # noqa: PLC0415 - keeps the check light
+    from bridge.runtime.housekeeping import HEARTBEAT_FILE_NAME  # noqa: PLC0415 - keeps the check light
 
     path = config.bridge.data_dir / HEARTBEAT_FILE_NAME
     try:
