@@ -14,9 +14,7 @@ from bridge.core.derived import (
     Event,
     EventTracker,
     LifetimeGuard,
-    PhaseMode,
     PhaseTracker,
-    Role,
     SessionEnergy,
     clean_temperature,
     current_a,
@@ -30,6 +28,7 @@ from bridge.core.derived import (
     status,
 )
 from bridge.core.models import Lifetime, ParsedBody, Version, Vitals, WifiStatus
+from bridge.core.vocabulary import PhaseMode, Role
 
 TEMPERATURE_FIELDS = ("pcba_temp_c", "handle_temp_c", "mcu_temp_c")
 

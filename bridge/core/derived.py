@@ -14,18 +14,15 @@ import ipaddress
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, TypeGuard
+from typing import Any, Final, TypeGuard
 
 from bridge.core.models import CENTURY_S, Vitals
+from bridge.core.vocabulary import PhaseMode, Role, Status, Wiring
 
-PhaseMode = Literal["auto", "three_phase", "split_phase", "single_phase"]
-Role = Literal["leader", "follower", "standalone"]
 # A follower joins its leader's own access point (docs/device-api.md, 'Power sharing'): SSID and
 # address show it.
 LEADER_AP_SSID_PREFIX: Final = "TeslaWallConnector_"
 LEADER_AP_NETWORK: Final = ipaddress.ip_network("192.168.92.0/24")
-Wiring = Literal["three_phase", "split_phase", "single_phase"]
-Status = Literal["disconnected", "connected", "charging"]
 
 # What the firmware reports when a sensor read fails (docs/device-api.md, 'Temperature sentinel').
 TEMPERATURE_SENTINEL_C: Final = 255.0

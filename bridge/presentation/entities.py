@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from bridge.core.derived import EVSE_STATE_NAMES
+from bridge.core.vocabulary import REACHABILITIES, ROLES, STATUSES, WIRINGS
 
 Component = Literal["sensor", "binary_sensor"]
 Category = Literal["diagnostic"] | None
@@ -335,7 +336,7 @@ ENTITIES: Final[tuple[Entity, ...]] = (
         "phase_mode",
         "Phase mode",
         device_class="enum",
-        options=("three_phase", "split_phase", "single_phase"),
+        options=WIRINGS,  # the wiring in use; "auto" is only a setting
         category="diagnostic",
     ),
     Entity(
@@ -343,7 +344,7 @@ ENTITIES: Final[tuple[Entity, ...]] = (
         "status",
         "Status",
         device_class="enum",
-        options=("disconnected", "connected", "charging"),
+        options=STATUSES,
         icon="mdi:ev-station",
     ),
     Entity(
@@ -413,7 +414,7 @@ ENTITIES: Final[tuple[Entity, ...]] = (
         "role",
         "Power-sharing role",
         device_class="enum",
-        options=("leader", "follower", "standalone"),
+        options=ROLES,
         category="diagnostic",
     ),
     Entity(
@@ -421,15 +422,7 @@ ENTITIES: Final[tuple[Entity, ...]] = (
         "reachability",
         "Reachability",
         device_class="enum",
-        options=(
-            "reachable",
-            "connection refused",
-            "timeout",
-            "no route",
-            "unexpected response",
-            "host name not found",
-            "connection failed",
-        ),
+        options=REACHABILITIES,
         category="diagnostic",
         # Shown even while the unit is offline: that is when it matters.
         always_available=True,

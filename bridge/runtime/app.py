@@ -15,13 +15,14 @@ from bridge.adapters.mqtt import MqttLink, WillKeeper
 from bridge.adapters.twc import TwcClient
 from bridge.core.config import BridgeConfig, ConnectorConfig, GroupConfig
 from bridge.core.derivation import UnitDerivation
-from bridge.core.derived import Role, SessionEnergy, continued_energy
+from bridge.core.derived import SessionEnergy, continued_energy
 from bridge.core.fieldbudget import FieldBudget
 from bridge.core.groups import MemberState, group_values
 from bridge.core.logtext import escaped
 from bridge.core.models import ENDPOINTS, Version, WifiStatus
 from bridge.core.names import field_level
 from bridge.core.outbox import Outbox
+from bridge.core.vocabulary import Role
 from bridge.presentation.discovery import Site, UnitInfo, group_configs
 from bridge.presentation.homie import HomiePublisher, unit_values
 from bridge.presentation.topics import plain_payload
