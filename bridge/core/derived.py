@@ -1,8 +1,9 @@
 """Values the unit does not report but people want: power, status, sessions, guarded energy.
 
 Everything here is pure: functions of one vitals sample, or small state objects fed one sample at
-a time with the time passed in. Facts and sources: docs/device-api.md
-('Vitals fields', 'evse_state' and the quirks from 'Phantom energy jumps' to 'Counters that reset').
+a time with the time passed in (``unit_values`` holds one unit's set of them). Facts and sources:
+docs/device-api.md ('Vitals fields', 'evse_state' and the quirks from 'Phantom energy jumps' to
+'Counters that reset').
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ from typing import Final
 from bridge.adapters.mqtt import MqttLink, WillKeeper
 from bridge.adapters.twc import TwcClient
 from bridge.core.config import BridgeConfig, ConnectorConfig, GroupConfig
-from bridge.core.derivation import UnitDerivation
 from bridge.core.derived import SessionEnergy, continued_energy
 from bridge.core.fieldbudget import FieldBudget
 from bridge.core.groups import MemberState, group_values
@@ -22,6 +21,7 @@ from bridge.core.logtext import escaped
 from bridge.core.models import ENDPOINTS, Version, WifiStatus
 from bridge.core.names import field_level
 from bridge.core.outbox import Outbox
+from bridge.core.unit_values import UnitDerivation
 from bridge.core.vocabulary import Role
 from bridge.presentation.discovery import Site, UnitInfo, group_configs
 from bridge.presentation.homie import HomiePublisher, unit_values

@@ -19,7 +19,6 @@ from typing import Final, Protocol
 from bridge.adapters.twc import TwcBadResponseError, TwcError, TwcUnreachableError
 from bridge.core.backoff import Backoff
 from bridge.core.config import PollingConfig
-from bridge.core.derivation import UnitDerivation
 from bridge.core.failurelog import DEFAULT_SUMMARY_INTERVAL_S, FailureLog, Report
 from bridge.core.fieldbudget import Admission, FieldBudget
 from bridge.core.logtext import escaped
@@ -35,6 +34,7 @@ from bridge.core.models import (
 from bridge.core.names import id_problem, slugify
 from bridge.core.outbox import Outbox
 from bridge.core.parsing import value_excerpt
+from bridge.core.unit_values import UnitDerivation
 from bridge.core.vocabulary import REACHABLE, reachability, unreachable_reason
 from bridge.presentation.publishing import UnitTopics, publish_body, publish_derived
 
