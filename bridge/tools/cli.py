@@ -15,6 +15,7 @@ from typing import Final
 from bridge import __version__
 from bridge.core.config import CONFIG_ENV, BridgeConfig, ConfigError, load_config, parse_host
 from bridge.core.logtext import EscapingFormatter, escaped
+from bridge.sim.options import add_simulate_arguments  # light: the simulator loads only to run
 from bridge.tools.exitcodes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 logger = logging.getLogger("bridge")
@@ -320,8 +321,6 @@ def build_parser() -> argparse.ArgumentParser:
     watch.set_defaults(handler=cmd_watch)
 
     simulate = sub.add_parser("simulate", help="run simulated Wall Connectors on loopback ports")
-    from bridge.sim.simulator import add_simulate_arguments  # noqa: PLC0415 - optional module
-
     add_simulate_arguments(simulate)
     simulate.set_defaults(handler=cmd_simulate)
 
