@@ -274,7 +274,12 @@ def test_run_accepts_what_check_config_accepts(tmp_path: Path, setting: str) -> 
             cwd=ROOT,
         )
     try:
-        time.sleep(1.5)
+        # Signalled once it runs (its handlers are installed before it says so), not after a
+        # fixed pause that a loaded machine can outlast.
+        deadline = time.monotonic() + TIMEOUT_S
+        while "bridge starting" not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.1)
         assert process.poll() is None, log.read_text()
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=TIMEOUT_S)

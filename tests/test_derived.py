@@ -19,7 +19,6 @@ from bridge.core.derived import (
     LifetimeGuard,
     PhaseTracker,
     SessionEnergy,
-    Wiring,
     clean_temperature,
     current_a,
     decode_alerts,
@@ -33,6 +32,7 @@ from bridge.core.derived import (
     status,
 )
 from bridge.core.models import Vitals
+from bridge.core.vocabulary import Wiring
 
 # Invented samples in the layouts docs/device-api.md describes
 # ('Vitals fields', 'Computing power', 'Split-phase layouts'); no real unit's values.

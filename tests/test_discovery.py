@@ -13,17 +13,21 @@ import pytest
 
 from bridge import __version__
 from bridge.core.derived import EVSE_STATE_NAMES, evse_state_name
+from bridge.core.groups import MemberState, group_values
 from bridge.presentation.discovery import (
     UnitInfo,
     bridge_configs,
     device_config,
     entity_configs,
+    group_configs,
     object_id,
     unit_entities,
 )
 from bridge.presentation.entities import (
+    BRIDGE_ENTITIES,
     ENTITIES,
     EVSE_STATE_UNKNOWN,
+    GROUP_ENTITIES,
     Entity,
     entities_for_fields,
     entity_for,
@@ -193,6 +197,7 @@ BRIDGE_ENTITY: Final[dict[str, Any]] = {
     "state_topic": "twc3/bridge/state",
     "qos": 1,
 }
+BRIDGE_COMPONENT: Final = {key: value for key, value in BRIDGE_ENTITY.items() if key != "qos"}
 BRIDGE_DEVICE: Final[dict[str, Any]] = {
     "identifiers": ["twc3_bridge_twc3"],
     "name": "TWC3 MQTT bridge",
@@ -219,9 +224,101 @@ def test_bridge_device_payload_is_exact() -> None:
         "homeassistant/device/twc3_bridge_twc3/config": {
             "device": BRIDGE_DEVICE,
             "origin": ORIGIN,
-            "components": {"state": {"platform": "binary_sensor", **BRIDGE_ENTITY}},
+            "qos": 1,
+            "components": {"state": {"platform": "binary_sensor", **BRIDGE_COMPONENT}},
         }
     }
+
+
+GROUP_DEVICE: Final[dict[str, Any]] = {
+    "identifiers": ["twc3_group_carport"],
+    "name": "Power-sharing group Car Port",
+    "manufacturer": "twc3-mqtt-bridge",
+    "model": "Wall Connector power-sharing group",
+    "via_device": "twc3_bridge_twc3",
+}
+GROUP_POWER: Final[dict[str, Any]] = {
+    "name": "Power",
+    "device_class": "power",
+    "unit_of_measurement": "W",
+    "state_class": "measurement",
+    "suggested_display_precision": 0,
+    "unique_id": "twc3_group_carport_power_w",
+    "default_entity_id": "sensor.twc3_group_carport_power_w",
+    "state_topic": "twc3/group/carport/power_w",
+}
+GROUP_FIELDS: Final = (
+    "power_w",
+    "current_a",
+    "members_online",
+    "members_configured",
+    "members_charging",
+)
+
+
+def test_group_entity_payloads_are_exact() -> None:
+    """A group's entities keep their ids and topics; only the bridge must be online."""
+    configs = group_configs(SITE, "carport", "Car Port", "entity")
+    assert list(configs) == [
+        f"homeassistant/sensor/twc3_group_carport/{field}/config" for field in GROUP_FIELDS
+    ]
+    assert configs["homeassistant/sensor/twc3_group_carport/power_w/config"] == {
+        **GROUP_POWER,
+        "availability": AVAILABILITY[:1],
+        "qos": 1,
+        "device": GROUP_DEVICE,
+        "origin": ORIGIN,
+    }
+    assert [payload["unique_id"] for payload in configs.values()] == [
+        f"twc3_group_carport_{field}" for field in GROUP_FIELDS
+    ]
+
+
+def test_group_device_payload_is_exact() -> None:
+    """In device mode a group is one payload with a component per total."""
+    ((topic, payload),) = group_configs(SITE, "carport", "Car Port", "device").items()
+    assert topic == "homeassistant/device/twc3_group_carport/config"
+    assert list(payload["components"]) == list(GROUP_FIELDS)
+    assert payload == {
+        "device": GROUP_DEVICE,
+        "origin": ORIGIN,
+        "availability": AVAILABILITY[:1],
+        "qos": 1,
+        "components": {
+            **payload["components"],
+            "power_w": {"platform": "sensor", **GROUP_POWER},
+        },
+    }
+
+
+def test_group_and_bridge_payloads_pass_ha_schema() -> None:
+    """The group's and the bridge's payloads are valid in both modes."""
+    entity_mode = {
+        **group_configs(SITE, "carport", "Car Port", "entity"),
+        **bridge_configs(SITE, "entity"),
+    }
+    assert {
+        topic: problems_in_entity_config(topic.split("/")[1], payload)
+        for topic, payload in entity_mode.items()
+    } == {topic: [] for topic in entity_mode}
+    device_mode = {
+        **group_configs(SITE, "carport", "Car Port", "device"),
+        **bridge_configs(SITE, "device"),
+    }
+    assert {topic: problems_in_device_config(p) for topic, p in device_mode.items()} == {
+        topic: [] for topic in device_mode
+    }
+    topics = [*entity_mode, *device_mode]
+    assert {topic: discovery_topic_problem(topic) for topic in topics} == dict.fromkeys(topics)
+
+
+def test_group_entities_show_what_the_group_totals_publish() -> None:
+    """Every group entity reads a value group_values publishes (the leader is text only)."""
+    published = group_values("garage", {"garage": MemberState(online=True)})
+    assert [entity.field for entity in GROUP_ENTITIES] == list(GROUP_FIELDS)
+    assert set(GROUP_FIELDS) == set(published) - {"leader"}
+    assert all(entity.scope == "group" for entity in GROUP_ENTITIES)
+    assert [entity.scope for entity in BRIDGE_ENTITIES] == ["bridge"]
 
 
 def test_unit_device_payload_is_exact() -> None:

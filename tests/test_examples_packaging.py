@@ -385,7 +385,7 @@ def test_wheel_contains_package_and_command(tmp_path: Path) -> None:
         scripts = archive.read(entry_points).decode()
     assert {"bridge/__init__.py", "bridge/tools/cli.py", "bridge/__main__.py"} <= set(names)
     assert not [n for n in names if n.startswith("tests/")]
-    assert re.search(r"^twc3-bridge\s*=\s*bridge\.cli:main$", scripts, re.MULTILINE)
+    assert re.search(r"^twc3-bridge\s*=\s*bridge\.tools\.cli:main$", scripts, re.MULTILINE)
 
 
 def test_nested_model_finds_optional_and_list_models() -> None:

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.core.config import CONFIG_ENV, PASSWORD_ENV
-from bridge.core.derivation import UnitDerivation
 from bridge.core.models import ENDPOINTS, Endpoint, ParsedBody, ParseError, parse_endpoint
+from bridge.core.unit_values import UnitDerivation
 from bridge.sim.simulator import Quirks, SimulatedUnit, UnitServer
 from tests.conftest import Broker, subscriber, wait_for_retained
 

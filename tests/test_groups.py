@@ -15,7 +15,7 @@ from bridge.core.config import BridgeConfig, ConfigError, load_config
 from bridge.core.derived import joined_leader_ap, role
 from bridge.core.groups import MemberState, group_values
 from bridge.runtime.app import Bridge
-from bridge.runtime.poller import ConnectorPoller, reachability
+from bridge.runtime.poller import ConnectorPoller
 
 
 @pytest.mark.parametrize(
@@ -117,23 +117,6 @@ def test_source_address_must_be_an_ip(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert caught.value.problems[0].startswith("connectors[0].source_address:")
-
-
-@pytest.mark.parametrize(
-    ("reason", "category"),
-    [
-        ("connection refused", "connection refused"),
-        ("timeout", "timeout"),
-        ("no route", "no route"),
-        ("unexpected response: HTTP 500", "unexpected response"),
-        ("unexpected response: unparsable body", "unexpected response"),
-        ("host name not found", "host name not found"),
-        ("connection dropped (ReadError)", "connection failed"),
-    ],
-)
-def test_reachability_reasons(reason: str, category: str) -> None:
-    """Failure reasons map to the short reachability categories."""
-    assert reachability(reason) == category
 
 
 async def test_source_address_binds_the_unit_client() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from bridge.sim.options import Wiring, add_simulate_arguments, parse_quirk
 from bridge.sim.simulator import (
     HostRoutedServer,
     JsonValue,
@@ -26,10 +27,7 @@ from bridge.sim.simulator import (
     Scenario,
     SimulatedUnit,
     UnitServer,
-    Wiring,
-    add_simulate_arguments,
     encode_body,
-    parse_quirk,
     run_simulator,
     simulate_main,
     simulated_serial,

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from bridge.core.derivation import UnitDerivation
 from bridge.core.derived import Event
 from bridge.core.models import parse_endpoint
+from bridge.core.unit_values import UnitDerivation
 from tests.conftest import TRACES
 
 TRACE_FILES = sorted(TRACES.glob("*.log"))

@@ -26,6 +26,7 @@ import h11
 import httpx
 
 from bridge.core.models import Endpoint
+from bridge.core.vocabulary import Unreachable, unreachable_reason
 
 MAX_BODY_BYTES: Final = 64 * 1024  # real bodies are under 1 KiB; bound what a broken unit sends
 API_PREFIX: Final = "/api/1/"
@@ -66,7 +67,7 @@ class TwcBadResponseError(TwcError):
     """The unit answered with something other than a usable body."""
 
 
-def _connect_reason(error: BaseException) -> str:
+def _connect_reason(error: BaseException) -> Unreachable:
     cause: BaseException | None = error
     while cause is not None:
         if isinstance(cause, ConnectionRefusedError):
@@ -570,12 +571,13 @@ class TwcClient:
         try:
             if response.status_code != httpx.codes.OK:
                 raise TwcBadResponseError(
-                    f"unexpected response: HTTP {response.status_code}", endpoint
+                    unreachable_reason("unexpected response", f"HTTP {response.status_code}"),
+                    endpoint,
                 )
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > self.max_body_bytes:
                 raise TwcBadResponseError(
-                    f"unexpected response: body of {declared} bytes", endpoint
+                    unreachable_reason("unexpected response", f"body of {declared} bytes"), endpoint
                 )
             chunks: list[bytes] = []
             size = 0
@@ -583,7 +585,10 @@ class TwcClient:
                 size += len(chunk)
                 if size > self.max_body_bytes:
                     raise TwcBadResponseError(
-                        f"unexpected response: body over {self.max_body_bytes} bytes", endpoint
+                        unreachable_reason(
+                            "unexpected response", f"body over {self.max_body_bytes} bytes"
+                        ),
+                        endpoint,
                     )
                 chunks.append(chunk)
             return b"".join(chunks)

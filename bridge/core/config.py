@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from bridge.core.names import id_problem, slugify, validate_base_topic
+from bridge.core.vocabulary import PhaseMode
 
 CONFIG_ENV: Final = "TWC3_BRIDGE_CONFIG"
 PASSWORD_ENV: Final = "TWC3_BRIDGE_MQTT_PASSWORD"  # noqa: S105 - the variable's name, not a secret
@@ -155,7 +156,7 @@ class ConnectorConfig(_Strict):
     read_timeout_s: Annotated[float, Field(gt=0, le=120)] | None = None
     offline_after: Annotated[int, Field(ge=1, le=100)] | None = None
     backoff_max_s: Annotated[float, Field(ge=1, le=3600)] | None = None
-    phase_mode: Literal["auto", "three_phase", "split_phase", "single_phase"] = "auto"
+    phase_mode: PhaseMode = "auto"
     rated_current_a: Annotated[float, Field(gt=0, le=80)] = 48.0
     # Bind this connector's HTTP client to a local address, e.g. a second interface joined to a
     # power-sharing leader's own Wi-Fi (192.168.92.x) to reach its followers.

@@ -1,8 +1,9 @@
 """Values the unit does not report but people want: power, status, sessions, guarded energy.
 
 Everything here is pure: functions of one vitals sample, or small state objects fed one sample at
-a time with the time passed in. Facts and sources: docs/device-api.md
-('Vitals fields', 'evse_state' and the quirks from 'Phantom energy jumps' to 'Counters that reset').
+a time with the time passed in (``unit_values`` holds one unit's set of them). Facts and sources:
+docs/device-api.md ('Vitals fields', 'evse_state' and the quirks from 'Phantom energy jumps' to
+'Counters that reset').
 """
 
 from __future__ import annotations
@@ -14,18 +15,15 @@ import ipaddress
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal, TypeGuard
+from typing import Any, Final, TypeGuard
 
 from bridge.core.models import CENTURY_S, Vitals
+from bridge.core.vocabulary import PhaseMode, Role, Status, Wiring
 
-PhaseMode = Literal["auto", "three_phase", "split_phase", "single_phase"]
-Role = Literal["leader", "follower", "standalone"]
 # A follower joins its leader's own access point (docs/device-api.md, 'Power sharing'): SSID and
 # address show it.
 LEADER_AP_SSID_PREFIX: Final = "TeslaWallConnector_"
 LEADER_AP_NETWORK: Final = ipaddress.ip_network("192.168.92.0/24")
-Wiring = Literal["three_phase", "split_phase", "single_phase"]
-Status = Literal["disconnected", "connected", "charging"]
 
 # What the firmware reports when a sensor read fails (docs/device-api.md, 'Temperature sentinel').
 TEMPERATURE_SENTINEL_C: Final = 255.0

@@ -15,7 +15,12 @@ from typing import Any, Final, Literal
 
 from bridge import __version__
 from bridge.core.names import slugify
-from bridge.presentation.entities import Entity, entities_for_fields
+from bridge.presentation.entities import (
+    BRIDGE_ENTITIES,
+    GROUP_ENTITIES,
+    Entity,
+    entities_for_fields,
+)
 from bridge.presentation.topics import TopicLayout
 
 DiscoveryMode = Literal["entity", "device", "off"]
@@ -149,8 +154,8 @@ def entity_options(entity: Entity) -> dict[str, Any]:
     """The entity-specific keys of a discovery payload (no topics, device or availability)."""
     options: dict[str, Any] = {"name": entity.name}
     if entity.component == "binary_sensor":
-        options["payload_on"] = "true"
-        options["payload_off"] = "false"
+        options["payload_on"] = entity.payload_on
+        options["payload_off"] = entity.payload_off
     optional: dict[str, Any] = {
         "device_class": entity.device_class,
         "unit_of_measurement": entity.unit,
@@ -164,6 +169,11 @@ def entity_options(entity: Entity) -> dict[str, Any]:
     }
     options.update((key, value) for key, value in optional.items() if value is not None)
     return options
+
+
+def _component(entity: Entity, ids: dict[str, str], state_topic: str) -> dict[str, Any]:
+    """What every entity's payload says, in either discovery mode, without device or qos."""
+    return {**entity_options(entity), **ids, "state_topic": state_topic}
 
 
 def _entity_ids(entity: Entity, info: UnitInfo) -> dict[str, str]:
@@ -194,11 +204,9 @@ def entity_config(
     site: Site, info: UnitInfo, entity: Entity, device: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """One entity's per-entity discovery payload (``device`` is built when not given)."""
-    state_topic = f"{site.base_topic}/{info.unit_id}/{entity.endpoint}/{entity.reads}"
+    state_topic = site.layout.field(info.unit_id, entity.endpoint, entity.reads)
     return {
-        **entity_options(entity),
-        **_entity_ids(entity, info),
-        "state_topic": state_topic,
+        **_component(entity, _entity_ids(entity, info), state_topic),
         "availability": entity_availability(site, info.unit_id, entity, state_topic),
         "availability_mode": "all",
         "qos": 1,
@@ -226,12 +234,10 @@ def device_config(
     """
     components: dict[str, dict[str, Any]] = {}
     for entity in entities:
-        state_topic = f"{site.base_topic}/{info.unit_id}/{entity.endpoint}/{entity.reads}"
+        state_topic = site.layout.field(info.unit_id, entity.endpoint, entity.reads)
         component: dict[str, Any] = {
             "platform": entity.component,
-            **entity_options(entity),
-            **_entity_ids(entity, info),
-            "state_topic": state_topic,
+            **_component(entity, _entity_ids(entity, info), state_topic),
         }
         if entity.null_means_unavailable or entity.always_available:
             component["availability"] = entity_availability(site, info.unit_id, entity, state_topic)
@@ -256,33 +262,13 @@ def device_config_topic(site: Site, info: UnitInfo) -> str:
 
 def bridge_configs(site: Site, mode: DiscoveryMode) -> dict[str, dict[str, Any]]:
     """The bridge device and its connectivity entity (no availability: it *is* availability)."""
-    entity = {
-        "name": "Connection state",
-        "device_class": "connectivity",
-        "payload_on": "online",
-        "payload_off": "offline",
-        "entity_category": "diagnostic",
-        "unique_id": f"{site.bridge_identifier}_state",
-        "default_entity_id": f"binary_sensor.{site.bridge_identifier}_state",
-        "state_topic": site.bridge_state_topic,
-        "qos": 1,
+    components = {
+        entity: _component(
+            entity, _device_entity_ids(entity, site.bridge_identifier), site.bridge_state_topic
+        )
+        for entity in BRIDGE_ENTITIES
     }
-    node = object_id(site.bridge_identifier)
-    if mode == "device":
-        return {
-            f"{site.prefix}/device/{node}/config": {
-                "device": bridge_device(site),
-                "origin": ORIGIN,
-                "components": {"state": {"platform": "binary_sensor", **entity}},
-            }
-        }
-    return {
-        f"{site.prefix}/binary_sensor/{node}/state/config": {
-            **entity,
-            "device": bridge_device(site),
-            "origin": ORIGIN,
-        }
-    }
+    return _device_configs(site, bridge_device(site), components, mode, availability=None)
 
 
 def encode(payload: dict[str, Any]) -> str:
@@ -290,80 +276,72 @@ def encode(payload: dict[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, sort_keys=False)
 
 
-GROUP_ENTITIES: Final[tuple[tuple[str, dict[str, Any]], ...]] = (
-    (
-        "power_w",
-        {
-            "name": "Power",
-            "device_class": "power",
-            "unit_of_measurement": "W",
-            "state_class": "measurement",
-            "suggested_display_precision": 0,
-        },
-    ),
-    (
-        "current_a",
-        {
-            "name": "Current",
-            "device_class": "current",
-            "unit_of_measurement": "A",
-            "state_class": "measurement",
-            "suggested_display_precision": 1,
-        },
-    ),
-    (
-        "members_online",
-        {"name": "Members online", "state_class": "measurement", "icon": "mdi:ev-station"},
-    ),
-    (
-        "members_configured",
-        {"name": "Members configured", "entity_category": "diagnostic", "icon": "mdi:ev-station"},
-    ),
-    (
-        "members_charging",
-        {"name": "Members charging", "state_class": "measurement", "icon": "mdi:ev-plug-type2"},
-    ),
-)
+def group_device(site: Site, group_id: str, name: str) -> dict[str, Any]:
+    """The device block of one power-sharing group."""
+    return {
+        "identifiers": [f"twc3_group_{group_id}"],
+        "name": f"Power-sharing group {name}",
+        "manufacturer": "twc3-mqtt-bridge",
+        "model": "Wall Connector power-sharing group",
+        "via_device": site.bridge_identifier,
+    }
 
 
 def group_configs(
     site: Site, group_id: str, name: str, mode: DiscoveryMode
 ) -> dict[str, dict[str, Any]]:
     """The device and entities of one power-sharing group (``twc3/group/<id>/…``)."""
-    identifier = f"twc3_group_{group_id}"
-    device = {
-        "identifiers": [identifier],
-        "name": f"Power-sharing group {name}",
-        "manufacturer": "twc3-mqtt-bridge",
-        "model": "Wall Connector power-sharing group",
-        "via_device": site.bridge_identifier,
+    device = group_device(site, group_id, name)
+    components = {
+        entity: _component(
+            entity,
+            _device_entity_ids(entity, device["identifiers"][0]),
+            site.layout.group(group_id, entity.reads),
+        )
+        for entity in GROUP_ENTITIES
     }
-    components: dict[str, dict[str, Any]] = {}
-    for field, options in GROUP_ENTITIES:
-        components[field] = {
-            **options,
-            "unique_id": f"{identifier}_{field}",
-            "default_entity_id": f"sensor.{identifier}_{field}",
-            "state_topic": site.layout.group(group_id, field),
-        }
+    # Group totals are the bridge's own arithmetic: there whenever the bridge is.
     bridge_only = [{"topic": site.bridge_state_topic}]
+    return _device_configs(site, device, components, mode, availability=bridge_only)
+
+
+def _device_entity_ids(entity: Entity, identifier: str) -> dict[str, str]:
+    """Ids of a group's or the bridge's entity: its device's identifier and its field."""
+    return {
+        "unique_id": f"{identifier}_{entity.field}",
+        "default_entity_id": f"{entity.component}.{identifier}_{entity.field}",
+    }
+
+
+def _device_configs(
+    site: Site,
+    device: dict[str, Any],
+    components: dict[Entity, dict[str, Any]],
+    mode: DiscoveryMode,
+    availability: list[dict[str, str]] | None,
+) -> dict[str, dict[str, Any]]:
+    """A device and its entities' payloads, in one device payload or one payload per entity."""
+    node = object_id(device["identifiers"][0])
+    shared: dict[str, Any] = {"availability": availability} if availability else {}
+    shared["qos"] = 1
     if mode == "device":
         return {
-            f"{site.prefix}/device/{identifier}/config": {
+            f"{site.prefix}/device/{node}/config": {
                 "device": device,
                 "origin": ORIGIN,
-                "availability": bridge_only,
-                "qos": 1,
-                "components": {k: {"platform": "sensor", **v} for k, v in components.items()},
+                **shared,
+                "components": {
+                    object_id(entity.key): {"platform": entity.component, **component}
+                    for entity, component in components.items()
+                },
             }
         }
     return {
-        f"{site.prefix}/sensor/{identifier}/{field}/config": {
+        f"{site.prefix}/{entity.component}/{node}/{object_id(entity.key)}/config": {
             **component,
-            "availability": bridge_only,
-            "qos": 1,
+            **shared,
             "device": device,
             "origin": ORIGIN,
         }
-        for field, component in components.items()
+        for entity, component in components.items()
     }

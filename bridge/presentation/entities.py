@@ -1,8 +1,10 @@
 """The entity table: what every published value is, for state topics and discovery alike.
 
-One row per ``(endpoint, field)``. The poller publishes every field of every body; this table says
-how each is presented (name, device class, unit, state class, category). A field the table does not
-know still gets an entity, built by :func:`entity_for`.
+One row per ``(endpoint, field)`` of a connector (:data:`ENTITIES`), per field of a power-sharing
+group (:data:`GROUP_ENTITIES`) and for the bridge itself (:data:`BRIDGE_ENTITIES`), all of one
+type so discovery builds them alike. The poller publishes every field of every body; this table
+says how each is presented (name, device class, unit, state class, category). A connector field
+the table does not know still gets an entity, built by :func:`entity_for`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from bridge.core.derived import EVSE_STATE_NAMES
+from bridge.core.vocabulary import REACHABILITIES, ROLES, STATUSES, WIRINGS
 
 Component = Literal["sensor", "binary_sensor"]
 Category = Literal["diagnostic"] | None
+# Whose value a row shows: a connector's, a power-sharing group's, or the bridge's own.
+Scope = Literal["unit", "group", "bridge"]
 
 EVSE_STATE_UNKNOWN: Final = "unknown"
 
@@ -39,11 +44,15 @@ class Entity:
     null_means_unavailable: bool = False
     # Available whenever the bridge runs, even while the unit itself is offline.
     always_available: bool = False
+    # What a binary sensor's state topic says for on and off.
+    payload_on: str = "true"
+    payload_off: str = "false"
+    scope: Scope = "unit"
 
     @property
     def key(self) -> str:
-        """``<endpoint>_<field>``: unique within one connector."""
-        return f"{self.endpoint}_{self.field}"
+        """Unique within its device: ``<endpoint>_<field>`` on a connector, else ``<field>``."""
+        return f"{self.endpoint}_{self.field}" if self.scope == "unit" else self.field
 
     @property
     def reads(self) -> str:
@@ -335,7 +344,7 @@ ENTITIES: Final[tuple[Entity, ...]] = (
         "phase_mode",
         "Phase mode",
         device_class="enum",
-        options=("three_phase", "split_phase", "single_phase"),
+        options=WIRINGS,  # the wiring in use; "auto" is only a setting
         category="diagnostic",
     ),
     Entity(
@@ -343,7 +352,7 @@ ENTITIES: Final[tuple[Entity, ...]] = (
         "status",
         "Status",
         device_class="enum",
-        options=("disconnected", "connected", "charging"),
+        options=STATUSES,
         icon="mdi:ev-station",
     ),
     Entity(
@@ -413,7 +422,7 @@ ENTITIES: Final[tuple[Entity, ...]] = (
         "role",
         "Power-sharing role",
         device_class="enum",
-        options=("leader", "follower", "standalone"),
+        options=ROLES,
         category="diagnostic",
     ),
     Entity(
@@ -421,15 +430,7 @@ ENTITIES: Final[tuple[Entity, ...]] = (
         "reachability",
         "Reachability",
         device_class="enum",
-        options=(
-            "reachable",
-            "connection refused",
-            "timeout",
-            "no route",
-            "unexpected response",
-            "host name not found",
-            "connection failed",
-        ),
+        options=REACHABILITIES,
         category="diagnostic",
         # Shown even while the unit is offline: that is when it matters.
         always_available=True,
@@ -438,6 +439,69 @@ ENTITIES: Final[tuple[Entity, ...]] = (
     _temperature("pcba_temp_c", "PCB temperature", endpoint="derived"),
     _temperature("handle_temp_c", "Handle temperature", diagnostic=False, endpoint="derived"),
     _temperature("mcu_temp_c", "MCU temperature", endpoint="derived"),
+)
+
+# twc3/group/<id>/<field>: the totals bridge/core/groups.py computes for a power-sharing group.
+GROUP_ENTITIES: Final[tuple[Entity, ...]] = (
+    Entity(
+        "group",
+        "power_w",
+        "Power",
+        device_class="power",
+        unit="W",
+        state_class="measurement",
+        precision=0,
+        scope="group",
+    ),
+    Entity(
+        "group",
+        "current_a",
+        "Current",
+        device_class="current",
+        unit="A",
+        state_class="measurement",
+        precision=1,
+        scope="group",
+    ),
+    Entity(
+        "group",
+        "members_online",
+        "Members online",
+        state_class="measurement",
+        icon="mdi:ev-station",
+        scope="group",
+    ),
+    Entity(
+        "group",
+        "members_configured",
+        "Members configured",
+        category="diagnostic",
+        icon="mdi:ev-station",
+        scope="group",
+    ),
+    Entity(
+        "group",
+        "members_charging",
+        "Members charging",
+        state_class="measurement",
+        icon="mdi:ev-plug-type2",
+        scope="group",
+    ),
+)
+
+# twc3/bridge/state: the bridge's own online/offline (its MQTT Will).
+BRIDGE_ENTITIES: Final[tuple[Entity, ...]] = (
+    Entity(
+        "bridge",
+        "state",
+        "Connection state",
+        "binary_sensor",
+        "connectivity",
+        category="diagnostic",
+        payload_on="online",
+        payload_off="offline",
+        scope="bridge",
+    ),
 )
 
 _BY_FIELD: Final[dict[tuple[str, str], Entity]] = {(e.endpoint, e.field): e for e in ENTITIES}

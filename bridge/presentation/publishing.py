@@ -9,10 +9,10 @@ from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from bridge.core.derivation import TEMPERATURE_FIELDS, Derived
 from bridge.core.models import ParsedBody
 from bridge.core.names import field_level
 from bridge.core.outbox import Outbox
+from bridge.core.unit_values import TEMPERATURE_FIELDS, Derived
 from bridge.presentation.topics import TopicLayout, compact_json, plain_payload
 
 logger = logging.getLogger(__name__)

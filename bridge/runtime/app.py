@@ -11,11 +11,11 @@ from typing import Final
 from bridge.adapters.mqtt import MqttLink, WillKeeper
 from bridge.adapters.twc import TwcClient
 from bridge.core.config import BridgeConfig, ConnectorConfig
-from bridge.core.derivation import UnitDerivation
-from bridge.core.derived import Role
 from bridge.core.fieldbudget import FieldBudget
 from bridge.core.models import ENDPOINTS
 from bridge.core.outbox import Outbox
+from bridge.core.unit_values import UnitDerivation
+from bridge.core.vocabulary import Role
 from bridge.presentation.discovery import Site
 from bridge.presentation.homie import HomiePublisher
 from bridge.presentation.topics import TopicLayout

@@ -19,7 +19,6 @@ from typing import Final, Protocol
 from bridge.adapters.twc import TwcBadResponseError, TwcError, TwcUnreachableError
 from bridge.core.backoff import Backoff
 from bridge.core.config import PollingConfig
-from bridge.core.derivation import UnitDerivation
 from bridge.core.failurelog import DEFAULT_SUMMARY_INTERVAL_S, FailureLog, Report
 from bridge.core.fieldbudget import Admission, FieldBudget
 from bridge.core.logtext import escaped
@@ -35,6 +34,8 @@ from bridge.core.models import (
 from bridge.core.names import id_problem, slugify
 from bridge.core.outbox import Outbox
 from bridge.core.parsing import value_excerpt
+from bridge.core.unit_values import UnitDerivation
+from bridge.core.vocabulary import REACHABLE, reachability, unreachable_reason
 from bridge.presentation.publishing import UnitTopics, publish_body, publish_derived
 from bridge.presentation.topics import TopicLayout
 
@@ -57,16 +58,6 @@ AVAILABILITY_BURST: Final = 3
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
-
-
-def reachability(reason: str) -> str:
-    """The short reason a unit is unreachable, for ``derived/reachability``."""
-    for category in ("connection refused", "timeout", "no route", "unexpected response"):
-        if reason.startswith(category):
-            return category
-    if reason.startswith("host name not found"):
-        return "host name not found"
-    return "connection failed"
 
 
 class Fetcher(Protocol):
@@ -223,7 +214,9 @@ class ConnectorPoller:
         except ParseError as error:
             self.status.parse_errors += 1
             self._publish_counters()
-            self._bad_answer(endpoint, "unexpected response: unparsable body", error)
+            self._bad_answer(
+                endpoint, unreachable_reason("unexpected response", "unparsable body"), error
+            )
         else:
             self._succeeded(parsed, planned)
         self._not_before = max(
@@ -328,9 +321,9 @@ class ConnectorPoller:
             return
         self._outbox.put(self._topics.availability, "online")
         seen = datetime.fromtimestamp(self._wall_clock(), tz=UTC).isoformat(timespec="seconds")
-        status.derived["reachability"] = "reachable"
+        status.derived["reachability"] = REACHABLE
         status.derived["last_seen"] = seen.replace("+00:00", "Z")
-        self._outbox.put(self._topics.derived("reachability"), "reachable")
+        self._outbox.put(self._topics.derived("reachability"), REACHABLE)
         self._outbox.put(self._topics.derived("last_seen"), seen.replace("+00:00", "Z"))
         self._derive(parsed)
         for body in status.last_bodies.values() if self._newly_named() else (parsed,):

@@ -20,23 +20,28 @@ import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal, NamedTuple, Self, TypeAlias, get_args
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple, Self, TypeAlias
+
+from bridge.sim.options import (
+    MAX_PORT,
+    QUIRK_KINDS,
+    START_STATES,
+    WIRINGS,
+    QuirkValue,
+    StartState,
+    Wiring,
+    WiringChoice,
+    validate_quirk,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
 
 logger = logging.getLogger(__name__)
 
-Wiring: TypeAlias = Literal["eu_three_phase", "na_split_phase"]
-WiringChoice: TypeAlias = Literal["eu_three_phase", "na_split_phase", "mixed"]
-StartState: TypeAlias = Literal["idle", "charging"]
 PhaseName: TypeAlias = Literal["idle", "plugging", "charging", "finished", "unplugging"]
 JsonValue: TypeAlias = bool | int | float | str | list[int] | list[str]
 JsonBody: TypeAlias = dict[str, JsonValue]
-QuirkValue: TypeAlias = float | int | bool
-
-WIRINGS: Final[tuple[Wiring, ...]] = get_args(Wiring)
-START_STATES: Final[tuple[StartState, ...]] = get_args(StartState)
 
 # fw 25.x layout: 27 vitals keys (evse_not_ready_reasons, relay_coil_v), version with 5 keys.
 DEFAULT_FIRMWARE: Final = "25.34.1+g51a7ed00c0ffee"
@@ -197,8 +202,8 @@ class Quirks:
     )
 
     def __post_init__(self) -> None:
-        for name in _QUIRK_KINDS:
-            _validate_quirk(name, getattr(self, name))
+        for name in QUIRK_KINDS:
+            validate_quirk(name, getattr(self, name))
 
     def __setattr__(self, name: str, value: object) -> None:
         # Servers learn of a changed refuse flag when it is set, so none has to poll it. A hook
@@ -215,9 +220,9 @@ class Quirks:
 
     def set(self, name: str, value: QuirkValue) -> None:
         """Set one quirk by name after checking its value."""
-        if name not in _QUIRK_KINDS:
-            raise ValueError(f"unknown quirk {name!r} (known: {', '.join(_QUIRK_KINDS)})")
-        setattr(self, name, _validate_quirk(name, value))
+        if name not in QUIRK_KINDS:
+            raise ValueError(f"unknown quirk {name!r} (known: {', '.join(QUIRK_KINDS)})")
+        setattr(self, name, validate_quirk(name, value))
 
     def add_refuse_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` (no arguments, in the setting thread) whenever ``refuse`` changes."""
@@ -227,69 +232,6 @@ class Quirks:
         """Stop calling ``listener``; no-op when it is not registered."""
         with contextlib.suppress(ValueError):
             self._refuse_listeners.remove(listener)
-
-
-_QuirkKind: TypeAlias = Literal["probability", "seconds", "rate", "bytes", "flag"]
-_QUIRK_KINDS: Final[Mapping[str, _QuirkKind]] = {
-    "nan": "probability",
-    "truncated": "probability",
-    "http_500": "probability",
-    "sensor_255": "probability",
-    "slow_first_byte_s": "seconds",
-    "refuse": "flag",
-    "hang": "probability",
-    "drip_bytes_per_s": "rate",
-    "huge_body_bytes": "bytes",
-    "endless_chunked": "probability",
-}
-_TRUE_WORDS: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE_WORDS: Final = frozenset({"0", "false", "no", "off"})
-
-
-def _validate_quirk(name: str, value: QuirkValue) -> QuirkValue:
-    kind = _QUIRK_KINDS[name]
-    if kind == "flag":
-        if not isinstance(value, bool):
-            raise ValueError(f"quirk {name} is a flag (true/false), got {value!r}")
-        return value
-    if isinstance(value, bool) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"quirk {name} must be a finite number >= 0, got {value!r}")
-    if kind == "probability" and value > 1:
-        raise ValueError(f"quirk {name} is a probability within 0..1, got {value!r}")
-    if kind == "bytes" and value != int(value):
-        raise ValueError(f"quirk {name} is a whole number of bytes, got {value!r}")
-    return int(value) if kind == "bytes" else value
-
-
-def parse_quirk(text: str) -> tuple[str, QuirkValue]:
-    """Parse ``NAME[=VALUE]``; a bare probability or flag quirk means "always".
-
-    Raises:
-        ValueError: with a one-line reason for unknown names and invalid values.
-    """
-    name, has_value, raw = text.partition("=")
-    name = name.strip()
-    raw = raw.strip()
-    kind = _QUIRK_KINDS.get(name)
-    if kind is None:
-        raise ValueError(f"unknown quirk {name!r} (known: {', '.join(_QUIRK_KINDS)})")
-    if not has_value:
-        if kind == "flag":
-            return name, True
-        if kind == "probability":
-            return name, 1.0
-        raise ValueError(f"quirk {name} needs a value, e.g. {name}=3")
-    if kind == "flag":
-        if raw.lower() in _TRUE_WORDS:
-            return name, True
-        if raw.lower() in _FALSE_WORDS:
-            return name, False
-        raise ValueError(f"quirk {name} takes true or false, got {raw!r}")
-    try:
-        number = int(raw) if kind == "bytes" else float(raw)
-    except ValueError:
-        raise ValueError(f"quirk {name} needs a number, got {raw!r}") from None
-    return name, _validate_quirk(name, number)
 
 
 class _Electrical(NamedTuple):
@@ -1459,9 +1401,6 @@ class HostRoutedServer:
 
 # ---- many units and the CLI -------------------------------------------------------------------
 
-_MAX_UNITS: Final = 1000
-_MAX_PORT: Final = 65535
-
 
 def simulated_serial(index: int) -> str:
     """Serial number of the ``index``-th simulated unit (1-based): ``SIM0000000001``."""
@@ -1529,103 +1468,12 @@ async def run_simulator(
             await stop.wait()
 
 
-def _int_in_range(text: str, option: str, low: int, high: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise argparse.ArgumentTypeError(
-            f"{option} takes a whole number {low}..{high}, got {text!r}"
-        )
-    return value
-
-
-def _units_argument(text: str) -> int:
-    return _int_in_range(text, "--units", 1, _MAX_UNITS)
-
-
-def _port_argument(text: str) -> int:
-    return _int_in_range(text, "--port", 0, _MAX_PORT)
-
-
-def _speed_argument(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"--speed takes a positive number, got {text!r}")
-    return value
-
-
-def _seed_argument(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seed takes an integer, got {text!r}") from None
-
-
-def _quirk_argument(text: str) -> tuple[str, QuirkValue]:
-    try:
-        return parse_quirk(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def add_simulate_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``simulate`` options to ``parser`` (bad values end in ``parser.error``)."""
-    parser.add_argument(
-        "--units",
-        type=_units_argument,
-        default=1,
-        help="number of simulated wall connectors (default 1)",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument(
-        "--port",
-        type=_port_argument,
-        default=8780,
-        help="port of the first unit, the next ones count up (0: free ports; default 8780)",
-    )
-    parser.add_argument(
-        "--wiring",
-        choices=[*WIRINGS, "mixed"],
-        default="mixed",
-        help="electrical service of the units; mixed alternates EU and NA (default)",
-    )
-    parser.add_argument(
-        "--speed",
-        type=_speed_argument,
-        default=1.0,
-        help="simulated seconds per real second (default 1.0)",
-    )
-    parser.add_argument(
-        "--start", choices=START_STATES, default="idle", help="initial state (default idle)"
-    )
-    parser.add_argument(
-        "--seed",
-        type=_seed_argument,
-        default=None,
-        help="make noise, timelines and quirks reproducible",
-    )
-    parser.add_argument(
-        "--quirk",
-        type=_quirk_argument,
-        action="append",
-        default=[],
-        metavar="NAME[=VALUE]",
-        help=f"misbehave, repeatable; names: {', '.join(_QUIRK_KINDS)} "
-        "(e.g. --quirk nan=0.1 --quirk slow_first_byte_s=3)",
-    )
-
-
 async def simulate_main(args: argparse.Namespace) -> int:
     """Run ``twc3-bridge simulate``; SIGINT/SIGTERM stop it cleanly. Returns the exit status."""
     quirks = Quirks()
     for name, value in args.quirk:
         quirks.set(name, value)
-    if args.port and args.port + args.units - 1 > _MAX_PORT:
+    if args.port and args.port + args.units - 1 > MAX_PORT:
         sys.stderr.write(
             f"simulate: error: --port {args.port} leaves no room for {args.units} units\n"
         )

@@ -15,6 +15,8 @@ from typing import Final
 from bridge import __version__
 from bridge.core.config import CONFIG_ENV, BridgeConfig, ConfigError, load_config, parse_host
 from bridge.core.logtext import EscapingFormatter, escaped
+from bridge.presentation.topics import TopicLayout
+from bridge.sim.options import add_simulate_arguments  # light: the simulator loads only to run
 from bridge.tools.exitcodes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 logger = logging.getLogger("bridge")
@@ -76,9 +78,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     mqtt = config.mqtt
     tls = " (TLS)" if mqtt.tls is not None else ""
     print(f"configuration OK: broker {mqtt.host}:{mqtt.port}{tls}, base topic {mqtt.base_topic!r}")
+    layout = TopicLayout(mqtt.base_topic)
     for connector in config.connectors:
         topic_id = connector.configured_id() or "(serial number, once the unit answers)"
-        print(f"  connector {connector.host}: topics {mqtt.base_topic}/{topic_id}/…")
+        print(f"  connector {connector.host}: topics {layout.unit(topic_id)}/…")
     return EXIT_OK
 
 
@@ -320,8 +323,6 @@ def build_parser() -> argparse.ArgumentParser:
     watch.set_defaults(handler=cmd_watch)
 
     simulate = sub.add_parser("simulate", help="run simulated Wall Connectors on loopback ports")
-    from bridge.sim.simulator import add_simulate_arguments  # noqa: PLC0415 - optional module
-
     add_simulate_arguments(simulate)
     simulate.set_defaults(handler=cmd_simulate)
 

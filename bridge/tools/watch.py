@@ -279,9 +279,9 @@ async def watch_once(config: MqttConfig, out: TextIO, err: TextIO) -> int:
     out.write(render(state, time.time()))
     out.flush()
     if not state.listed():
+        filter_ = TopicLayout(config.base_topic).every_unit("availability")
         print(
-            f"error: no connector seen under {config.base_topic}/+/availability "
-            f"on {config.host}:{config.port}",
+            f"error: no connector seen under {filter_} on {config.host}:{config.port}",
             file=err,
         )
         return 1

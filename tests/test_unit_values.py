@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from bridge.core.derivation import TEMPERATURE_FIELDS, UnitDerivation
-from bridge.core.derived import PhaseMode, SessionEnergy
+from bridge.core.derived import SessionEnergy
 from bridge.core.models import Endpoint, ParsedBody, Vitals, parse_endpoint
+from bridge.core.unit_values import TEMPERATURE_FIELDS, UnitDerivation
+from bridge.core.vocabulary import PhaseMode
 
 NOW = 1_766_520_000.0  # 2025-12-23T20:00:00Z
 

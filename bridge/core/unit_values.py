@@ -1,7 +1,8 @@
-"""One unit's derived values over time: feeds samples to the pure pieces in ``derived``.
+"""One unit's derived values over time: which to publish after each body, and the state between.
 
-Pure (times are passed in). The poller gives it every parsed body; it answers with the derived
-values to publish (``derived/<name>``) and the events to send.
+``derived`` owns the pieces (pure functions of one sample and small state objects); this module
+owns one unit's set of them. Pure (times are passed in): the poller gives it every parsed body;
+it answers with the derived values to publish (``derived/<name>``) and the events to send.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from bridge.core.derived import (
     Event,
     EventTracker,
     LifetimeGuard,
-    PhaseMode,
     PhaseTracker,
-    Role,
     SessionEnergy,
     clean_temperature,
     current_a,
@@ -30,6 +29,7 @@ from bridge.core.derived import (
     status,
 )
 from bridge.core.models import Lifetime, ParsedBody, Version, Vitals, WifiStatus
+from bridge.core.vocabulary import PhaseMode, Role
 
 TEMPERATURE_FIELDS = ("pcba_temp_c", "handle_temp_c", "mcu_temp_c")
 
