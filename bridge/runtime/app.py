@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -65,8 +66,9 @@ class Bridge:
         *,
         client_factory: Callable[[ConnectorConfig], TwcClient] | None = None,
         freeze_heap_when_settled: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``freeze_heap_when_settled``: see :meth:`_settle_heap` (for a process of its own)."""
+        """``freeze_heap_when_settled``: see :meth:`_settle_heap`; ``clock``: the pollers' clock."""
         self.config = config
         self._freeze_heap_when_settled = freeze_heap_when_settled
         self.heap_frozen = False
@@ -128,6 +130,7 @@ class Bridge:
                         energy=energy,
                     ),
                     start_delay_s=polling.vitals_s * (index % START_SLOTS) / START_SLOTS,
+                    clock=clock,
                     repeat_summary_s=config.logging.repeat_summary_s,
                     field_budget=FieldBudget(retire_after_s=config.bridge.field_retire_s),
                 )
