@@ -12,6 +12,7 @@ Only sensor and binary_sensor entities are checked in depth: they are all the br
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Iterator, Mapping
@@ -510,3 +511,55 @@ def _repeated_id_problems(
             label = "rejected" if key == "unique_id" else "hygiene"
             yield f"{label}: repeats the {key} of component {other!r}"
         owners[str(config[key])] = component_id
+
+
+# --- discovery migration ------------------------------------------------------------------------
+
+# discovery.py: "migr_discvry" is replaced by "migrate_discovery", then MIGRATE_DISCOVERY_SCHEMA =
+# vol.Schema({vol.Optional("migrate_discovery"): True}) must accept the whole payload (no other
+# key, the value exactly true), or it is not a migration request at all.
+MIGRATE_DISCOVERY_KEYS: Final = frozenset({"migrate_discovery", "migr_discvry"})
+
+
+def problems_in_migration_request(payload: object) -> list[str]:
+    """Problems in a ``{"migrate_discovery": true}`` payload (either discovery form's topic)."""
+    if not isinstance(payload, dict):
+        return ["rejected: a migration request must be a JSON object"]
+    problems = [
+        f"rejected: unknown key {key!r} beside migrate_discovery (HA reads it as a config)"
+        for key in payload
+        if key not in MIGRATE_DISCOVERY_KEYS
+    ]
+    present = [key for key in MIGRATE_DISCOVERY_KEYS if key in payload]
+    if not present:
+        problems.append("rejected: migrate_discovery is missing")
+    elif len(present) > 1:
+        problems.append("hygiene: both migrate_discovery and migr_discvry")
+    problems.extend(
+        f"rejected: {key} must be true, not {payload[key]!r}"
+        for key in present
+        if payload[key] is not True
+    )
+    return problems
+
+
+def problems_in_discovery_message(
+    topic: str, payload: str, prefix: str = "homeassistant"
+) -> list[str]:
+    """Problems in any retained message on a discovery topic: removal, migration or config."""
+    if problem := discovery_topic_problem(topic, prefix):
+        return [problem]
+    if payload == "":
+        return []  # a removal
+    try:
+        decoded = json.loads(payload)
+    except ValueError:
+        return ["rejected: not JSON"]
+    if isinstance(decoded, dict) and MIGRATE_DISCOVERY_KEYS & decoded.keys():
+        return problems_in_migration_request(decoded)
+    if not isinstance(decoded, dict):
+        return ["rejected: not a JSON object"]
+    component = topic.removeprefix(f"{prefix}/").split("/", 1)[0]
+    if component == "device":
+        return problems_in_device_config(decoded)
+    return problems_in_entity_config(component, decoded)

@@ -18,7 +18,6 @@ from bridge.presentation.discovery import (
     DiscoveryMode,
     UnitInfo,
     bridge_configs,
-    device_config,
     entity_configs,
     unit_entities,
 )
@@ -244,27 +243,6 @@ def test_mode_off_deletes_everything_announced_before(tmp_path: Path) -> None:
     assert _deleted(batch) == {BRIDGE_ENTITY_TOPIC} | _garage_topics() | _carport_topics()
     assert announcer.announced_topics() == []
     assert _saved_topics(state) == {}
-
-
-def test_switch_to_device_mode_replaces_per_entity_topics(tmp_path: Path) -> None:
-    """Entity → device: a unit's per-entity configs go once its device config is announced."""
-    state = StateFile(tmp_path / "state.json")
-    _announce_both(state)
-    announcer, outbox = _announcer(state, mode="device")
-    announcer.start()
-    batch = _send_all(outbox)
-    assert _deleted(batch) == {BRIDGE_ENTITY_TOPIC}
-    assert set(_published(batch)) == {BRIDGE_DEVICE_TOPIC}
-
-    announcer.update_unit("garage", GARAGE, _fields())
-    batch = _send_all(outbox)
-    assert _deleted(batch) == _garage_topics()
-    published = _published(batch)
-    assert published == device_config(SITE, GARAGE, unit_entities(_fields()))
-    assert problems_in_device_config(published[GARAGE_DEVICE_TOPIC]) == []
-    # The carport is not polled yet: its per-entity configs stay until it is.
-    saved = _saved_topics(state)
-    assert set(saved) == {BRIDGE_DEVICE_TOPIC, GARAGE_DEVICE_TOPIC} | _carport_topics()
 
 
 def test_device_mode_removed_field_stays_a_stub_for_the_run(tmp_path: Path) -> None:

@@ -122,6 +122,10 @@ class Outbox:
         value = self._retained.get(topic)
         return value.text() if isinstance(value, Deferred) else value
 
+    def delivered(self, topic: str) -> bool:
+        """Whether nothing waits to be published for ``topic``: its value or deletion went out."""
+        return topic not in self._dirty and topic not in self._deletions
+
     def retained_topics(self) -> list[str]:
         """Every topic currently held."""
         return list(self._retained)

@@ -271,6 +271,23 @@ def bridge_configs(site: Site, mode: DiscoveryMode) -> dict[str, dict[str, Any]]
     return _device_configs(site, bridge_device(site), components, mode, availability=None)
 
 
+def migration_request() -> dict[str, Any]:
+    """What asks Home Assistant to hand a discovered item over to the other discovery form.
+
+    Sent retained to the old config topic (each per-entity topic, or the device topic), before
+    the new form is published: Home Assistant unloads the item but keeps its entity registry
+    entry, so the new config with the same ``unique_id`` takes it over (home-assistant/core,
+    homeassistant/components/mqtt/discovery.py ``MIGRATE_DISCOVERY_SCHEMA``: this one key, only
+    ``true``).
+    """
+    return {"migrate_discovery": True}
+
+
+def discovery_form(site: Site, topic: str) -> Literal["entity", "device"]:
+    """Which discovery form a config topic of ours belongs to: device-based or per-entity."""
+    return "device" if topic.startswith(f"{site.prefix}/device/") else "entity"
+
+
 def encode(payload: dict[str, Any]) -> str:
     """Serialise a payload compactly and deterministically (so unchanged means equal text)."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, sort_keys=False)

@@ -3,6 +3,15 @@
 It announces through the outbox (so configs survive broker reconnects like any retained value),
 removes configs of connectors that left the config or fields that disappeared, and remembers what
 it announced in the state file so nothing stale is left behind after a restart.
+
+Switching between per-entity and device-based discovery hands every entity over instead of
+removing and re-creating it, in Home Assistant's documented order ("Migration from single
+component to device-based discovery", home-assistant.io/integrations/mqtt): a
+``{"migrate_discovery": true}`` on each old config topic, then the new configs, then empty
+payloads on the old topics. Each step waits until the one before reached the broker and Home
+Assistant had :data:`MIGRATION_GRACE_S` to act on it. The old topics stay in the state file
+until they are cleared, and their form (the topic's shape) says they are old, so a restart
+in the middle starts the hand-over again; sending it twice is harmless.
 """
 
 from __future__ import annotations
@@ -10,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from bridge.core.models import ENDPOINTS, Version, WifiStatus
@@ -23,9 +34,11 @@ from bridge.presentation.discovery import (
     bridge_configs,
     device_config,
     device_config_topic,
+    discovery_form,
     encode,
     entity_config,
     entity_config_topic,
+    migration_request,
     object_id,
     unit_entities,
 )
@@ -38,6 +51,23 @@ logger = logging.getLogger(__name__)
 
 BRIDGE_OWNER: Final = "bridge"
 MAX_REMOVED_STUBS: Final = 256  # per device: removed components kept as stubs in its config
+# Home Assistant unloads an entity asynchronously; a device config arriving while one of its
+# components is still being unloaded loses the components after it (discovery.py returns from
+# its loop), so each step of a hand-over waits this long after the previous one was delivered.
+MIGRATION_GRACE_S: Final = 5.0
+MIGRATION_CHECK_S: Final = 1.0
+MIGRATION_PAYLOAD: Final = encode(migration_request())
+
+
+@dataclass
+class _Migration:
+    """One owner's hand-over from the other discovery form, step by step."""
+
+    old: dict[str, None]  # the other form's config topics, still retained on the broker
+    new: Mapping[str, str | Deferred] | None = None  # this form's configs, once known
+    marked_at: float | None = None  # when every old topic's migrate request was delivered
+    released: bool = False  # the new configs went into the outbox
+    announced_at: float | None = None  # when every new config was delivered
 
 
 class Announcer:
@@ -50,6 +80,9 @@ class Announcer:
         outbox: Outbox,
         state: StateFile | None,
         configured_owners: set[str],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        grace_s: float = MIGRATION_GRACE_S,
     ) -> None:
         self.site = site
         self.mode = mode
@@ -66,6 +99,9 @@ class Announcer:
         # Device mode: components removed during this run stay as stubs in every later payload,
         # so a stub superseded before it reached the broker is not lost.
         self._removed: dict[str, dict[str, str]] = {}
+        self._clock = clock
+        self._grace_s = grace_s
+        self._migrations: dict[str, _Migration] = {}
 
     def start(self) -> None:
         """Remove what belongs to connectors no longer configured; announce the bridge device."""
@@ -82,6 +118,16 @@ class Announcer:
         if stale:
             logger.info("discovery: removing %d config(s) no longer wanted", len(stale))
         if self.mode != "off":
+            for topic, owner in self._announced.items():
+                if discovery_form(self.site, topic) != self.mode:
+                    self._migrations.setdefault(owner, _Migration({})).old[topic] = None
+            if self._migrations:
+                logger.info(
+                    "discovery: handing %d config(s) of %d owner(s) over to %s mode",
+                    sum(len(m.old) for m in self._migrations.values()),
+                    len(self._migrations),
+                    self.mode,
+                )
             configs = bridge_configs(self.site, self.mode)
             self._publish(BRIDGE_OWNER, {topic: encode(value) for topic, value in configs.items()})
         if stale or self.mode == "off":
@@ -133,10 +179,20 @@ class Announcer:
         self._publish(owner, {topic: encode(payload) for topic, payload in build().items()})
 
     def _publish(self, owner: str, configs: Mapping[str, str | Deferred]) -> None:
-        for topic, payload in configs.items():
-            self._outbox.put(topic, payload)
+        migration = self._migrations.get(owner)
+        if migration is None or migration.released:
+            for topic, payload in configs.items():
+                self._outbox.put(topic, payload)
+        else:
+            if migration.new is None:
+                # The hand-over starts once the new configs are known: until then the old
+                # entities keep working.
+                for topic in migration.old:
+                    self._outbox.put(topic, MIGRATION_PAYLOAD, always=True)
+            migration.new = dict(configs)
+        old = migration.old if migration is not None else {}
         owned = self._owned.setdefault(owner, {})
-        stale = [topic for topic in owned if topic not in configs]
+        stale = [topic for topic in owned if topic not in configs and topic not in old]
         for topic in stale:
             self._outbox.delete(topic)
             del self._announced[topic]
@@ -167,6 +223,59 @@ class Announcer:
     def announced_topics(self) -> list[str]:
         """Every config topic currently announced."""
         return list(self._announced)
+
+    @property
+    def migrating(self) -> bool:
+        """Whether a hand-over from the other discovery form is still under way."""
+        return bool(self._migrations)
+
+    def advance_migrations(self, now: float | None = None) -> None:
+        """Take every hand-over whose previous step was delivered and waited for one step on."""
+        now = self._clock() if now is None else now
+        for owner, migration in list(self._migrations.items()):
+            if migration.new is not None:
+                self._step(owner, migration, migration.new, now)
+
+    def _step(
+        self, owner: str, migration: _Migration, new: Mapping[str, str | Deferred], now: float
+    ) -> None:
+        delivered = self._outbox.delivered
+        if migration.marked_at is None:
+            if all(delivered(topic) for topic in migration.old):
+                migration.marked_at = now
+        elif not migration.released:
+            if now - migration.marked_at >= self._grace_s:
+                for topic, payload in new.items():
+                    self._outbox.put(topic, payload)
+                migration.released = True
+        elif migration.announced_at is None:
+            if all(delivered(topic) for topic in new):
+                migration.announced_at = now
+        elif now - migration.announced_at >= self._grace_s:
+            self._finish_migration(owner, migration)
+
+    def _finish_migration(self, owner: str, migration: _Migration) -> None:
+        owned = self._owned.get(owner, {})
+        for topic in migration.old:
+            self._outbox.delete(topic)
+            self._announced.pop(topic, None)
+            owned.pop(topic, None)
+        if self.mode == "entity":
+            self._components.pop(owner, None)  # they described the old device config
+        del self._migrations[owner]
+        logger.info(
+            "discovery: %s handed over to %s mode; %d old config(s) removed",
+            owner,
+            self.mode,
+            len(migration.old),
+        )
+        self._save()
+
+    async def run_migrations(self, check_s: float = MIGRATION_CHECK_S) -> None:
+        """Advance the hand-overs until none is left (returns at once when there is none)."""
+        while self._migrations:
+            await asyncio.sleep(check_s)
+            self.advance_migrations()
 
 
 def _render_entity_config(site: Site, info: UnitInfo, entity: Entity) -> str:

@@ -259,6 +259,9 @@ class Bridge:
                 if self.homie_will is not None:
                     group.create_task(self.homie_will.run(stop), name="homie-will")
                 reannounce_task = group.create_task(self.reannouncer.run(), name="reannounce")
+                migration_task = group.create_task(
+                    self.announcer.run_migrations(), name="discovery-migration"
+                )
                 heartbeat_task = group.create_task(
                     heartbeat(
                         self.config.bridge.data_dir / HEARTBEAT_FILE_NAME,
@@ -280,6 +283,7 @@ class Bridge:
                 for task in poller_tasks:
                     task.cancel()
                 reannounce_task.cancel()
+                migration_task.cancel()
                 heartbeat_task.cancel()
                 housekeeping_task.cancel()
                 settle_task.cancel()
