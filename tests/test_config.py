@@ -635,3 +635,55 @@ def test_mqtt_size_limit_and_protocol(tmp_path: Path) -> None:
     assert problems[0].startswith("mqtt.protocol: ")
     problems = _problems(tmp_path, "[mqtt]\nmax_message_bytes = 10\n" + _connector())
     assert problems[0].startswith("mqtt.max_message_bytes: ")
+
+
+# --- [bridge] instance ---------------------------------------------------------------------------
+
+
+def test_instance_names_the_client_id_and_homie_device_id(tmp_path: Path) -> None:
+    config = _load(tmp_path, '[bridge]\ninstance = "garage_east"\n' + _connector())
+    assert config.bridge.instance == "garage_east"
+    assert config.mqtt.client_id == "twc3-bridge-garage_east"
+    # Homie ids allow no '_'.
+    assert config.homie.device_id == "twc3-bridge-garage-east"
+
+
+def test_explicit_client_id_and_device_id_win_over_the_instance(tmp_path: Path) -> None:
+    text = (
+        '[bridge]\ninstance = "barn"\n[mqtt]\nclient_id = "mine"\n'
+        '[homie]\ndevice_id = "my-device"\n' + _connector()
+    )
+    config = _load(tmp_path, text)
+    assert (config.mqtt.client_id, config.homie.device_id) == ("mine", "my-device")
+
+
+def test_without_an_instance_the_defaults_are_unchanged(tmp_path: Path) -> None:
+    config = _load(tmp_path, MINIMAL)
+    assert config.bridge.instance is None
+    assert (config.mqtt.client_id, config.homie.device_id) == ("twc3-bridge", "twc3-bridge")
+
+
+def test_instance_defaults_apply_to_models_built_in_code() -> None:
+    config = BridgeConfig.model_validate(
+        {"bridge": {"instance": "a-b"}, "mqtt": {"host": "broker"}, "homie": {"enabled": True}}
+    )
+    assert (config.mqtt.client_id, config.homie.device_id) == ("twc3-bridge-a-b",) * 2
+    assert config.mqtt.host == "broker"
+    assert config.homie.enabled
+
+
+@pytest.mark.parametrize(
+    ("instance", "fragment"),
+    [
+        ("Garage", "may contain only a-z"),
+        ("a/b", "may contain only a-z"),
+        ("+", "may contain only a-z"),
+        ("", "must not be empty"),
+        ("x" * 49, "at most 48"),
+    ],
+)
+def test_a_bad_instance_is_one_clear_line(tmp_path: Path, instance: str, fragment: str) -> None:
+    problems = _problems(tmp_path, f'[bridge]\ninstance = "{instance}"\n' + _connector())
+    assert len(problems) == 1
+    assert problems[0].startswith("bridge.instance: ")
+    assert fragment in problems[0]

@@ -15,6 +15,7 @@ from bridge import __version__
 from bridge.core.derived import EVSE_STATE_NAMES, evse_state_name
 from bridge.core.groups import MemberState, group_values
 from bridge.presentation.discovery import (
+    Site,
     UnitInfo,
     bridge_configs,
     device_config,
@@ -723,3 +724,36 @@ def test_checker_accepts_shared_state_topic_and_removal_stubs() -> None:
 def test_checker_discovery_topics(topic: str, ok: bool) -> None:
     """discovery_topic_problem follows HA's TOPIC_MATCHER and component list."""
     assert (discovery_topic_problem(topic) is None) is ok
+
+
+# --- named instances ---------------------------------------------------------------------------
+
+
+def test_each_instance_is_its_own_bridge_device_with_its_own_state_topic() -> None:
+    east = Site(prefix="homeassistant", base_topic="twc3", instance="east-wing")
+    west = Site(prefix="homeassistant", base_topic="twc3", instance="west")
+    assert len({SITE.bridge_identifier, east.bridge_identifier, west.bridge_identifier}) == 3
+    for mode in ("entity", "device"):
+        east_configs = bridge_configs(east, mode)
+        assert set(east_configs).isdisjoint(bridge_configs(west, mode))
+        assert set(east_configs).isdisjoint(bridge_configs(SITE, mode))
+    (payload,) = bridge_configs(east, "entity").values()
+    assert payload["state_topic"] == "twc3/bridge/east-wing/state"
+    assert payload["device"]["name"] == "TWC3 MQTT bridge east-wing"
+    assert payload["default_entity_id"] == "binary_sensor.twc3_bridge_twc3_east_wing_state"
+    for topic, config in bridge_configs(east, "entity").items():
+        assert problems_in_entity_config(topic.split("/")[1], config) == []
+    for config in bridge_configs(east, "device").values():
+        assert problems_in_device_config(config) == []
+
+
+def test_an_instances_units_depend_on_its_own_state_topic_only() -> None:
+    east = Site(prefix="homeassistant", base_topic="twc3", instance="east")
+    configs = entity_configs(east, INFO, unit_entities({"vitals": ["grid_v"]}))
+    (payload,) = configs.values()
+    topics = [entry["topic"] for entry in payload["availability"]]
+    assert "twc3/bridge/east/state" in topics
+    assert "twc3/bridge/state" not in topics
+    assert payload["device"]["via_device"] == east.bridge_identifier
+    (device_payload,) = device_config(east, INFO, unit_entities({"vitals": ["grid_v"]})).values()
+    assert {"topic": "twc3/bridge/east/state"} in device_payload["availability"]

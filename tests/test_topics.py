@@ -364,3 +364,37 @@ def test_only_the_layout_spells_the_bridges_topics() -> None:
         if 'f"' in line and spelt.search(line) and "homie" not in line
     ]
     assert offenders == []
+
+
+# --- named instances ---------------------------------------------------------------------------
+
+
+def test_an_instance_gets_its_own_state_and_owner_topics() -> None:
+    layout = TopicLayout("home/twc", "garage")
+    assert layout.bridge_state == "home/twc/bridge/garage/state"
+    assert layout.bridge_owner == "home/twc/bridge/garage/owner"
+    assert layout.every_instance_state == "home/twc/bridge/+/state"
+    # Unit topics do not depend on the instance: several processes share the base topic.
+    assert layout.availability("barn") == TopicLayout("home/twc").availability("barn")
+
+
+def test_without_an_instance_the_state_topic_is_unchanged() -> None:
+    layout = TopicLayout("twc3")
+    assert layout.bridge_state == "twc3/bridge/state"
+    assert layout.bridge_owner == "twc3/bridge/owner"
+
+
+@pytest.mark.parametrize(
+    ("topic", "instance"),
+    [
+        ("twc3/bridge/state", ""),
+        ("twc3/bridge/garage/state", "garage"),
+        ("twc3/bridge/garage/owner", None),
+        ("twc3/bridge/a/b/state", None),
+        ("twc3/bridge//state", None),
+        ("twc3/garage/availability", None),
+        ("other/bridge/garage/state", None),
+    ],
+)
+def test_layout_parses_instance_state_topics(topic: str, instance: str | None) -> None:
+    assert TopicLayout("twc3").parse_instance_state(topic) == instance

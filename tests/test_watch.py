@@ -379,3 +379,35 @@ async def test_watch_once_shows_the_running_bridge(broker: Broker, tmp_path: Pat
         row = rows[uid]
         assert row[1:4] == ["online", "charging", found[f"twc3/{uid}/derived/power_w"]], table
     assert table.splitlines()[0] == f"bridge: {found['twc3/bridge/state']}"
+
+
+# --- named instances ---------------------------------------------------------------------------
+
+
+def test_watch_subscribes_to_every_instance_state() -> None:
+    assert "twc3/bridge/+/state" in subscriptions("twc3")
+
+
+def test_apply_keeps_each_instance_state_and_render_lists_them() -> None:
+    state = WatchState("twc3")
+    assert apply(state, "twc3/bridge/garage/state", b"online")
+    assert apply(state, "twc3/bridge/barn/state", b"offline")
+    assert state.bridge_state is None
+    assert state.instances == {"garage": "online", "barn": "offline"}
+    assert render(state, 0).splitlines()[0] == "bridge: barn offline, garage online"
+    assert apply(state, "twc3/bridge/state", b"online")
+    assert render(state, 0).splitlines()[0] == "bridge: online, barn offline, garage online"
+
+
+def test_a_deleted_instance_state_leaves_the_table() -> None:
+    state = WatchState("twc3")
+    apply(state, "twc3/bridge/garage/state", b"online")
+    assert apply(state, "twc3/bridge/garage/state", b"")
+    assert state.instances == {}
+    assert render(state, 0).splitlines()[0] == f"bridge: {UNKNOWN}"
+
+
+def test_an_instance_owner_token_is_not_a_state() -> None:
+    state = WatchState("twc3")
+    assert not apply(state, "twc3/bridge/garage/owner", b"0123abcd")
+    assert state.instances == {}

@@ -25,6 +25,8 @@ from bridge.core.vocabulary import PhaseMode
 CONFIG_ENV: Final = "TWC3_BRIDGE_CONFIG"
 PASSWORD_ENV: Final = "TWC3_BRIDGE_MQTT_PASSWORD"  # noqa: S105 - the variable's name, not a secret
 DEFAULT_HTTP_PORT: Final = 80
+# The default MQTT client id and Homie device id; an instance name is appended to both.
+DEFAULT_NAME: Final = "twc3-bridge"
 
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 Port = Annotated[int, Field(ge=1, le=65_535)]
@@ -65,7 +67,8 @@ class MqttConfig(_Strict):
     base_topic: str = "twc3"
     username: str | None = None
     password: SecretStr | None = None
-    client_id: str = "twc3-bridge"
+    # ``twc3-bridge-<instance>`` by default when ``[bridge] instance`` is set.
+    client_id: str = DEFAULT_NAME
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     tls: TlsConfig | None = None
     reconnect_max_s: Seconds = 60.0
@@ -251,7 +254,8 @@ class HomieConfig(_Strict):
 
     enabled: bool = False
     base_topic: str = "homie"
-    device_id: str = "twc3-bridge"
+    # ``twc3-bridge-<instance>`` by default when ``[bridge] instance`` is set.
+    device_id: str = DEFAULT_NAME
     name: str = "Tesla Wall Connector bridge"
 
     @field_validator("base_topic")
@@ -295,6 +299,19 @@ class BridgeSection(_Strict):
     data_dir: Path = Field(default_factory=default_data_dir)
     # How long a field name a unit stopped sending keeps its topics (bridge/core/fieldbudget.py).
     field_retire_s: Seconds = 600.0
+    # Names this process among several under one base topic: its state topic becomes
+    # <base>/bridge/<instance>/state, and the default client id and Homie device id follow it.
+    instance: str | None = None
+
+    @field_validator("instance")
+    @classmethod
+    def _instance_is_one_level(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        problem = id_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class GroupConfig(_Strict):
@@ -335,6 +352,30 @@ class LoggingConfig(_Strict):
     repeat_summary_s: Annotated[float, Field(ge=1, le=86_400)] = 300.0
 
 
+def instance_defaults(instance: str) -> dict[str, str]:
+    """The client id and Homie device id an instance gets unless they are set explicitly.
+
+    Two processes with one client id would take each other's connection in turn, and two with
+    one Homie device id would write over each other's device.
+    """
+    homie_level = "-".join(part for part in instance.replace("_", "-").split("-") if part)
+    return {
+        "client_id": f"{DEFAULT_NAME}-{instance}",
+        "device_id": f"{DEFAULT_NAME}-{homie_level}",
+    }
+
+
+def _with_default(section: Any, key: str, value: str) -> Any:  # noqa: ANN401 - raw TOML or a model
+    """``section`` with ``key`` set to ``value`` unless the user set it."""
+    if section is None:
+        return {key: value}
+    if isinstance(section, dict):
+        return section if key in section else {**section, key: value}
+    if isinstance(section, BaseModel) and key not in section.model_fields_set:
+        return section.model_copy(update={key: value})
+    return section
+
+
 class BridgeConfig(_Strict):
     """The whole configuration file."""
 
@@ -346,6 +387,24 @@ class BridgeConfig(_Strict):
     logging: LoggingConfig = LoggingConfig()
     connectors: list[ConnectorConfig] = Field(default_factory=list)
     groups: list[GroupConfig] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _instance_names_its_connection(cls, data: Any) -> Any:  # noqa: ANN401 - raw TOML
+        if not isinstance(data, dict):
+            return data
+        section = data.get("bridge")
+        instance = section.get("instance") if isinstance(section, dict) else None
+        if isinstance(section, BridgeSection):
+            instance = section.instance
+        if not isinstance(instance, str) or id_problem(instance) is not None:
+            return data  # no instance, or a bad one that the field check reports
+        defaults = instance_defaults(instance)
+        return {
+            **data,
+            "mqtt": _with_default(data.get("mqtt"), "client_id", defaults["client_id"]),
+            "homie": _with_default(data.get("homie"), "device_id", defaults["device_id"]),
+        }
 
     @model_validator(mode="after")
     def _ids_unique_and_usable(self) -> Self:

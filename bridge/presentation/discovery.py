@@ -43,16 +43,19 @@ class Site:
 
     prefix: str
     base_topic: str
+    instance: str | None = None  # ``[bridge] instance``: one of several processes on the base
 
     @property
     def bridge_identifier(self) -> str:
-        """The bridge device's identifier; distinct per base topic, so two bridges never merge."""
-        return f"twc3_bridge_{slugify(self.base_topic) or 'default'}"
+        """The bridge device's identifier; distinct per base topic and instance, never merged."""
+        identifier = f"twc3_bridge_{slugify(self.base_topic) or 'default'}"
+        # A slug: the identifier is also part of entity ids, which allow only [a-z0-9_].
+        return f"{identifier}_{slugify(self.instance)}" if self.instance else identifier
 
     @property
     def layout(self) -> TopicLayout:
         """The bridge's own topics, which the discovery configs point at."""
-        return TopicLayout(self.base_topic)
+        return TopicLayout(self.base_topic, self.instance)
 
     @property
     def bridge_state_topic(self) -> str:
@@ -117,11 +120,10 @@ def availability(site: Site, unit_id: str, value_topic: str | None = None) -> li
 
 def bridge_device(site: Site) -> dict[str, Any]:
     """The bridge's own device block."""
+    name = "TWC3 MQTT bridge" if site.base_topic == "twc3" else f"TWC3 bridge {site.base_topic}"
     return {
         "identifiers": [site.bridge_identifier],
-        "name": "TWC3 MQTT bridge"
-        if site.base_topic == "twc3"
-        else f"TWC3 bridge {site.base_topic}",
+        "name": f"{name} {site.instance}" if site.instance else name,
         "manufacturer": "twc3-mqtt-bridge",
         "model": "TWC3 to MQTT bridge",
         "sw_version": __version__,

@@ -13,18 +13,49 @@ from typing import Any
 class TopicLayout:
     """Every topic the bridge publishes under its base topic, spelt here and nowhere else.
 
-    ``<base>/bridge/state``, ``<base>/<unit>/availability``, ``<base>/<unit>/<endpoint>`` and its
+    ``<base>/bridge/state`` (``<base>/bridge/<instance>/state`` for a named instance, beside its
+    ``owner`` topic), ``<base>/<unit>/availability``, ``<base>/<unit>/<endpoint>`` and its
     ``/<field>`` levels, ``<base>/<unit>/derived/<name>``, ``<base>/<unit>/event``,
     ``<base>/<unit>/poller/<name>`` and ``<base>/group/<group>/<key>``. Home Assistant's discovery
     topics and Homie's belong to their own conventions (``discovery`` and ``homie`` modules).
     """
 
     base: str
+    # ``[bridge] instance``: several bridge processes under one base topic each get their own
+    # state topic, so one stopping never marks another's units unavailable.
+    instance: str | None = None
+
+    @property
+    def bridge_root(self) -> str:
+        """The root of this process's topics: ``<base>/bridge`` or ``<base>/bridge/<instance>``."""
+        if self.instance:
+            return f"{self.base}/bridge/{self.instance}"
+        return f"{self.base}/bridge"
 
     @property
     def bridge_state(self) -> str:
         """The bridge's ``online``/``offline`` topic (also its MQTT Will)."""
-        return f"{self.base}/bridge/state"
+        return f"{self.bridge_root}/state"
+
+    @property
+    def bridge_owner(self) -> str:
+        """The retained run token of the process holding :attr:`bridge_state` (twin detection)."""
+        return f"{self.bridge_root}/owner"
+
+    @property
+    def every_instance_state(self) -> str:
+        """A subscription filter for the state topic of every named instance."""
+        return f"{self.base}/bridge/+/state"
+
+    def parse_instance_state(self, topic: str) -> str | None:
+        """The instance a bridge state topic belongs to: its name, ``""`` if unnamed, else None."""
+        if topic == TopicLayout(self.base).bridge_state:
+            return ""
+        prefix = f"{self.base}/bridge/"
+        if not topic.startswith(prefix) or not topic.endswith("/state"):
+            return None
+        name = topic[len(prefix) : -len("/state")]
+        return name if name and "/" not in name else None
 
     def unit(self, unit_id: str) -> str:
         """The root of one unit's topics."""

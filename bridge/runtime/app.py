@@ -13,8 +13,10 @@ from bridge.adapters.mqtt import MqttLink, WillKeeper
 from bridge.adapters.twc import TwcClient
 from bridge.core.config import BridgeConfig, ConnectorConfig
 from bridge.core.fieldbudget import FieldBudget
+from bridge.core.logtext import escaped
 from bridge.core.models import ENDPOINTS
 from bridge.core.outbox import Outbox
+from bridge.core.twins import TwinWatch, new_run_token
 from bridge.core.unit_values import UnitDerivation
 from bridge.core.vocabulary import Role
 from bridge.presentation.discovery import Site
@@ -73,14 +75,22 @@ class Bridge:
         self._freeze_heap_when_settled = freeze_heap_when_settled
         self.heap_frozen = False
         self.outbox = Outbox()
-        self.layout = TopicLayout(config.mqtt.base_topic)
+        self.layout = TopicLayout(config.mqtt.base_topic, config.bridge.instance)
         self.state_topic = self.layout.bridge_state
+        # This run's token at the owner topic: another live process with the same state topic
+        # is noticed when its token shows up (bridge/core/twins.py).
+        self.twins = TwinWatch(new_run_token())
+        self.outbox.put(self.layout.bridge_owner, self.twins.own_token)
         self.registry = IdRegistry()
         for connector in config.connectors:
             if (cid := connector.configured_id()) is not None:
                 self.registry.claim(cid, connector_label(connector))
         ha = config.homeassistant
-        self.site = Site(prefix=ha.discovery_prefix, base_topic=config.mqtt.base_topic)
+        self.site = Site(
+            prefix=ha.discovery_prefix,
+            base_topic=config.mqtt.base_topic,
+            instance=config.bridge.instance,
+        )
         self.state_file = StateFile(config.bridge.data_dir / STATE_FILE_NAME, ha.discovery_prefix)
         self.announcer = Announcer(
             self.site,
@@ -163,7 +173,12 @@ class Bridge:
             config.mqtt,
             self.outbox,
             state_topic=self.state_topic,
-            subscriptions=(self.site.status_topic,) if discovery_on else (),
+            # The state topic before the owner topic: its retained value judges the token's.
+            subscriptions=(
+                self.state_topic,
+                self.layout.bridge_owner,
+                *((self.site.status_topic,) if discovery_on else ()),
+            ),
             on_message=self._on_message,
             republish_first=f"{ha.discovery_prefix}/",
             shutdown_messages=tuple(self.homie.shutdown_messages()) if self.homie else (),
@@ -219,6 +234,19 @@ class Bridge:
     async def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == self.site.status_topic and payload.strip() == b"online":
             self.reannouncer.request()
+        elif topic == self.state_topic:
+            self.twins.state_seen(payload.decode("utf-8", errors="replace").strip())
+        elif topic == self.layout.bridge_owner:
+            token = payload.decode("utf-8", errors="replace").strip()
+            if self.twins.owner_seen(token):
+                logger.error(
+                    "another bridge process is running with this one's state topic %s (its run "
+                    "token %s, ours %s): whichever stops marks the other's units unavailable; "
+                    "give each process its own [bridge] instance",
+                    self.state_topic,
+                    escaped(token),
+                    self.twins.own_token,
+                )
 
     def settled(self) -> bool:
         """Whether startup is over: every unit was asked every endpoint at least once."""
@@ -244,11 +272,12 @@ class Bridge:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then publish ``offline`` and close everything."""
         logger.info(
-            "bridge starting: %d connector(s), broker %s:%d, base topic %r",
+            "bridge starting: %d connector(s), broker %s:%d, base topic %r, state topic %s",
             len(self.pollers),
             self.config.mqtt.host,
             self.config.mqtt.port,
             self.config.mqtt.base_topic,
+            self.state_topic,
         )
         self.announcer.start()
         if self.homie is not None:

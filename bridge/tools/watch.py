@@ -58,7 +58,9 @@ class WatchState:
     """Everything read under one base topic."""
 
     base_topic: str = "twc3"
-    bridge_state: str | None = None
+    bridge_state: str | None = None  # the process without ``[bridge] instance``
+    # Each named instance's state (``<base>/bridge/<instance>/state``), by display-safe name.
+    instances: dict[str, str] = field(default_factory=dict)
     units: dict[str, UnitView] = field(default_factory=dict)
 
     def listed(self) -> list[tuple[str, UnitView]]:
@@ -74,6 +76,7 @@ def subscriptions(base_topic: str) -> tuple[str, ...]:
     layout = TopicLayout(base_topic)
     return (
         layout.bridge_state,
+        layout.every_instance_state,
         layout.every_unit("availability"),
         *(layout.every_unit("derived", name) for name in DERIVED_FIELDS),
     )
@@ -142,9 +145,12 @@ def apply(
     be hours old, so only ``derived/last_seen`` or a live message give a unit its age.
     """
     layout = TopicLayout(state.base_topic)
-    if topic == layout.bridge_state:
+    instance = layout.parse_instance_state(topic)
+    if instance == "":
         state.bridge_state = clean_text(payload)
         return True
+    if instance is not None:
+        return _apply_instance(state, instance, payload)
     watched = _watched_value(layout, topic)
     if watched is None:
         return False
@@ -162,6 +168,25 @@ def apply(
     if not retained:
         unit.received = time.time() if now is None else now
     return True
+
+
+def _apply_instance(state: WatchState, instance: str, payload: bytes) -> bool:
+    name = clean_text(instance, MAX_ID_CHARS)
+    if name is None or "+" in instance or "#" in instance:
+        return False
+    value = clean_text(payload)
+    if value is None:  # a deleted state topic: that instance is gone
+        return state.instances.pop(name, None) is not None
+    state.instances[name] = value
+    return True
+
+
+def bridge_line(state: WatchState) -> str:
+    """``bridge: online``, or with named instances ``bridge: barn offline, garage online``."""
+    parts = [f"{name} {value}" for name, value in sorted(state.instances.items())]
+    if state.bridge_state is not None or not parts:
+        parts.insert(0, state.bridge_state or UNKNOWN)
+    return "bridge: " + ", ".join(parts)
 
 
 def format_age(seconds: float | None) -> str:
@@ -219,7 +244,7 @@ def render(state: WatchState, now: float) -> str:
         ]
         return "  ".join(parts).rstrip()
 
-    out = [f"bridge: {state.bridge_state or UNKNOWN}", "", line(header)]
+    out = [bridge_line(state), "", line(header)]
     out.extend(line(row) for row in rows)
     if not rows:
         out.append(f"(no connector under {clean_text(state.base_topic, 200)}/+/availability yet)")
