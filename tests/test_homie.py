@@ -12,6 +12,7 @@ from bridge.core.config import BridgeConfig, HomieConfig
 from bridge.core.outbox import Outbox
 from bridge.presentation.entities import ENTITIES, entity_for
 from bridge.presentation.homie import (
+    EXTENSIONS,
     HOMIE_UNITS,
     HOMIE_VERSION,
     HomiePublisher,
@@ -180,6 +181,7 @@ def test_device_node_and_property_messages_are_complete_and_valid() -> None:
     assert device == {
         f"{ROOT}/$homie": HOMIE_VERSION,
         f"{ROOT}/$name": "Bridge",
+        f"{ROOT}/$extensions": EXTENSIONS,
         f"{ROOT}/$nodes": "car-port",
     }
     node = node_messages(ROOT, "car-port", "Car port", props)
@@ -193,6 +195,21 @@ def test_device_node_and_property_messages_are_complete_and_valid() -> None:
         if prop.datatype == "enum":
             assert node[f"{base}/$format"]
     assert_valid(device | node)
+
+
+# An entry of Homie 4's $extensions list: ``<reverse-domain id>:<version>:[<homie versions>]``.
+EXTENSION_ENTRY = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)+:\d+\.\d+\.\d+:\[[0-9x.;]+\]")
+
+
+def test_extensions_is_a_retainable_list_of_valid_entries() -> None:
+    """$extensions is never empty (a retained empty payload deletes it) and each entry is valid."""
+    outbox = Outbox()
+    HomiePublisher(outbox, "homie", "twc3-bridge", "Bridge").start()
+    payload = outbox.get(f"{ROOT}/$extensions")
+    assert payload
+    entries = payload.split(",")
+    assert all(EXTENSION_ENTRY.fullmatch(entry) for entry in entries), entries
+    assert any("4.x" in entry.split(":")[2] for entry in entries)
 
 
 def test_value_messages_are_valid_for_their_datatype() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.presentation.homie import is_homie_id
+from bridge.presentation.homie import EXTENSIONS, is_homie_id
 from bridge.sim.simulator import Scenario, SimulatedUnit, UnitServer
 from tests.conftest import Broker, collect_retained, wait_for_retained
 
@@ -104,6 +104,7 @@ async def test_bridge_publishes_a_valid_homie_device_and_disconnects_cleanly(
         found = await collect_retained(broker.port, "homie/#")
     assert found[f"{ROOT}/$homie"] == "4.0.0"
     assert found[f"{ROOT}/$name"]
+    assert found[f"{ROOT}/$extensions"] == EXTENSIONS
     nodes = found[f"{ROOT}/$nodes"].split(",")
     assert sorted(nodes) == ["car-port-1", "car-port-2"]
     for node in nodes:

@@ -393,6 +393,7 @@ class MqttLink:
         subscriptions: tuple[str, ...] = (),
         on_message: IncomingHandler | None = None,
         on_connect: Callable[[], None] | None = None,
+        on_connection_lost: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
         republish_first: str | None = None,
         shutdown_messages: tuple[tuple[str, str], ...] = (),
@@ -412,6 +413,8 @@ class MqttLink:
         self._republish_first = republish_first
         self._on_message = on_message
         self._on_connect = on_connect
+        # Called when an established connection drops (not on a clean exit, not a failed attempt).
+        self._on_connection_lost = on_connection_lost
         self._backoff = backoff or Backoff(
             initial=min(1.0, config.reconnect_max_s), maximum=config.reconnect_max_s
         )
@@ -475,6 +478,8 @@ class MqttLink:
             self.connected.clear()
             self.outbox.requeue_unconfirmed_events()
             if was_connected:
+                if self._on_connection_lost is not None:
+                    self._on_connection_lost()
                 self._judge_drop(says)
             else:
                 self.watch.attempt_failed()
@@ -748,13 +753,26 @@ async def subscribe(
 
 
 class WillKeeper:
-    """A second, idle broker connection whose only job is one more Will.
+    """A second broker connection that keeps Homie's ``$state`` honest about the main one.
 
     A connection carries one Will, and the main one's is ``<base>/bridge/state`` = ``offline``.
-    Homie wants ``$state`` = ``lost`` when the bridge dies, so this connection (client id
-    ``<client_id>-will``) holds that Will. It publishes nothing itself: after a reconnect it calls
-    ``on_connect`` (the bridge re-puts the current ``$state``, which the Will may have replaced).
-    A clean exit disconnects it normally, which discards its Will.
+    Homie wants ``$state`` = ``lost`` whenever the connection that carries the device's data is
+    gone, so this connection (client id ``<client_id>-will``) holds that Will, and the
+    :class:`MqttLink` tells it when its own connection drops (:meth:`link_lost`) and comes back
+    (:meth:`link_connected`):
+
+    - the process dies or the network goes: the broker publishes both Wills;
+    - only the main connection drops: this one publishes ``lost`` (retained, QoS 1, awaited)
+      at once, and again after its own reconnect while the main one is still down;
+    - only this connection drops: its Will says ``lost``, and after its reconnect ``restore``
+      (the bridge re-puts the current ``$state``) corrects it over the main connection;
+    - the main connection comes back: it republishes ``$state`` with everything else, and
+      ``restore`` runs once more after any ``lost`` of ours, so ours can never arrive last;
+    - a clean exit: the main connection says ``disconnected``, this one disconnects normally,
+      which discards its Will.
+
+    Carrying the Homie Will on the main connection instead would only move the problem to the
+    bridge state (Home Assistant's availability), which has more consumers.
     """
 
     def __init__(
@@ -763,7 +781,7 @@ class WillKeeper:
         *,
         topic: str,
         payload: str,
-        on_connect: Callable[[], None] | None = None,
+        restore: Callable[[], None] | None = None,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -771,7 +789,7 @@ class WillKeeper:
         self.topic = topic
         self.payload = payload
         self.identifier = f"{config.client_id}-will"
-        self._on_connect = on_connect
+        self._restore = restore
         self._backoff = backoff or Backoff(
             initial=min(1.0, config.reconnect_max_s), maximum=config.reconnect_max_s
         )
@@ -780,6 +798,22 @@ class WillKeeper:
         self.protocol = ProtocolChoice(config.protocol)
         self.publishers = PublisherChoice(config.publisher)
         self._clock = clock
+        # The main connection was up once and is down now (before its first connection it is
+        # not "lost": the retained ``$state`` of the last run stays).
+        self._link_down = False
+        self._link_changed = asyncio.Event()
+        # How many times this connection published ``lost`` itself (for tests and logs).
+        self.lost_published = 0
+
+    def link_connected(self) -> None:
+        """The main connection is up (again)."""
+        self._link_down = False
+        self._link_changed.set()
+
+    def link_lost(self) -> None:
+        """The main connection dropped: ``$state`` must say ``lost`` until it is back."""
+        self._link_down = True
+        self._link_changed.set()
 
     def _new_client(self) -> aiomqtt.Client:
         return make_client(
@@ -799,9 +833,7 @@ class WillKeeper:
                     was_connected = True
                     self.watch.connected(self._clock())
                     self.connected.set()
-                    if self._on_connect is not None:
-                        self._on_connect()
-                    if await self._until_stop_or_drop(client, stop):
+                    if await self._hold(client, stop):
                         return  # leaving ``async with`` disconnects cleanly: no Will
             except* aiomqtt.MqttError as group:
                 error: BaseException = group.exceptions[0]
@@ -825,8 +857,9 @@ class WillKeeper:
             logger.debug("MQTT: Will connection down (%s); next try in %.1f s", reason, delay)
             await MqttLink._wait(stop, delay)  # noqa: SLF001 - the same wait, one module
 
-    @staticmethod
-    async def _until_stop_or_drop(client: aiomqtt.Client, stop: asyncio.Event) -> bool:
+    async def _hold(self, client: aiomqtt.Client, stop: asyncio.Event) -> bool:
+        """Follow the main connection until ``stop`` (True) or a drop (False or raises)."""
+
         async def drained() -> None:
             # Iterating notices a dropped connection: aiomqtt raises MqttError here.
             async for _ in client.messages:
@@ -834,8 +867,28 @@ class WillKeeper:
 
         listen = asyncio.ensure_future(drained())
         stopped = asyncio.ensure_future(stop.wait())
+        # A new connection: the Will of the last one may have replaced the real ``$state``.
+        restore = True
+        said_lost = False
         try:
-            await asyncio.wait({listen, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            while not stop.is_set() and not listen.done():
+                self._link_changed.clear()
+                if self._link_down:
+                    if not said_lost:
+                        await self._say_lost(client)
+                        said_lost = restore = True
+                else:
+                    said_lost = False
+                    if restore and self._restore is not None:
+                        self._restore()
+                    restore = False
+                changed = asyncio.ensure_future(self._link_changed.wait())
+                try:
+                    await asyncio.wait(
+                        {listen, stopped, changed}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    changed.cancel()
         finally:
             listen.cancel()
             stopped.cancel()
@@ -844,3 +897,13 @@ class WillKeeper:
         if listen.done() and not listen.cancelled() and listen.exception() is not None:
             raise listen.exception()  # type: ignore[misc]
         return False
+
+    async def _say_lost(self, client: aiomqtt.Client) -> None:
+        # Awaited (PUBACK): only then may the main connection's ``$state`` follow it.
+        await client.publish(self.topic, self.payload, qos=1, retain=True)
+        self.lost_published += 1
+        logger.info(
+            "MQTT: main connection lost; published %s=%s on the Will connection",
+            self.topic,
+            self.payload,
+        )

@@ -4,6 +4,12 @@ Layout (Homie convention 4.0): one Homie device for the bridge (one MQTT connect
 publish only one device), one node per connector, one property per known value of that unit.
 Everything goes through the :class:`~bridge.core.outbox.Outbox` (retained, QoS 1).
 
+``$extensions`` is mandatory in Homie 4, "even if it is just an empty string", but an empty
+retained payload deletes a topic in MQTT, so "no extensions" cannot be retained. The device
+therefore declares the Meta extension (``eu.epnw.meta``, in the convention's
+``extensions/documents``), all of whose attributes are optional: a controller that knows it
+finds no tags or metadata and uses its defaults, one that does not (openHAB) ignores the list.
+
 The builder functions here are pure; :class:`HomiePublisher` keeps which nodes and properties
 were announced and puts their topics into the outbox. No network I/O happens in this module.
 """
@@ -22,6 +28,8 @@ from bridge.presentation.entities import EVSE_STATE_UNKNOWN, Entity, entity_for
 from bridge.presentation.topics import compact_json, format_number
 
 HOMIE_VERSION: Final = "4.0.0"
+# Never empty (see the module docstring): Meta's attributes are all optional, none is published.
+EXTENSIONS: Final = "eu.epnw.meta:1.1.0:[3.0.1;4.x]"
 NODE_TYPE: Final = "Tesla Wall Connector Gen 3"
 # The units this bridge hands to Homie (openHAB parses them with UnitUtils); others are left out.
 HOMIE_UNITS: Final = frozenset({"V", "A", "W", "Wh", "kWh", "Hz", "°C", "s", "%", "dBm"})
@@ -198,7 +206,11 @@ def node_properties(
 
 def device_messages(root: str, name: str, node_ids: Iterable[str]) -> dict[str, str]:
     """The device attributes other than ``$state``; ``$nodes`` only once there is a node."""
-    messages = {f"{root}/$homie": HOMIE_VERSION, f"{root}/$name": name}
+    messages = {
+        f"{root}/$homie": HOMIE_VERSION,
+        f"{root}/$name": name,
+        f"{root}/$extensions": EXTENSIONS,
+    }
     nodes = ",".join(node_ids)
     if nodes:
         messages[f"{root}/$nodes"] = nodes
@@ -301,7 +313,7 @@ class HomiePublisher:
             self.outbox.delete(f"{base}/$properties")
 
     def restore_state(self) -> None:
-        """Publish the current ``$state`` again (the Will connection's ``lost`` may have hit it)."""
+        """Publish the current ``$state`` again over a ``lost`` (a Will, or the Will keeper's)."""
         state = self.outbox.get(self.state_topic)
         if state is not None:
             self.outbox.put(self.state_topic, state, always=True)

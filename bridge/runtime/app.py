@@ -167,7 +167,7 @@ class Bridge:
                 config.mqtt,
                 topic=self.homie.state_topic,
                 payload="lost",
-                on_connect=self.homie.restore_state,
+                restore=self.homie.restore_state,
             )
         self.link = MqttLink(
             config.mqtt,
@@ -183,6 +183,9 @@ class Bridge:
             republish_first=f"{ha.discovery_prefix}/",
             shutdown_messages=tuple(self.homie.shutdown_messages()) if self.homie else (),
             qos1_prefixes=(f"{config.homie.base_topic}/",) if self.homie else (),
+            # Homie's $state follows this connection (see WillKeeper).
+            on_connect=self.homie_will.link_connected if self.homie_will else None,
+            on_connection_lost=self.homie_will.link_lost if self.homie_will else None,
         )
 
     def _update_hook(self, connector: ConnectorConfig) -> Callable[[ConnectorPoller], None]:
