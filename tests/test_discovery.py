@@ -455,16 +455,6 @@ def test_every_unit_entity_carries_the_full_device_and_availability() -> None:
     for payload in _all_entity_configs().values():
         assert payload["device"] == DEVICE
         assert payload["origin"] == ORIGIN
-        if payload["state_topic"].endswith("_temp_c") and "/derived/" in payload["state_topic"]:
-            # A failed temperature sensor (255 °C, published as null) is unavailable too.
-            assert payload["availability"] == [
-                *AVAILABILITY,
-                {
-                    "topic": payload["state_topic"],
-                    "value_template": "{{ 'offline' if value == 'null' else 'online' }}",
-                },
-            ]
-            continue
         if payload["state_topic"].endswith("/derived/reachability"):
             # Why a unit is unreachable matters most while it is: only the bridge must be up.
             assert payload["availability"] == AVAILABILITY[:1]

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from bridge.presentation.entities import BRIDGE_ENTITIES, ENTITIES, Entity
+from bridge.presentation.topics import TopicLayout
 from bridge.sim.simulator import Scenario, SimulatedUnit, UnitServer
 from tests.conftest import Broker, collect_retained, subscriber, wait_for_retained
 
@@ -216,9 +218,91 @@ def test_openhab_files_are_consistent() -> None:
         "Number:ElectricCurrent",
         "Number:ElectricPotential",
         "Number:Temperature",
+        "Number:Frequency",
+        "Number:Time",
         "Switch",
         "String",
+        "DateTime",
     } <= item_types
+
+
+# The openHAB dimension of each unit the entity table uses on the example's channels.
+DIMENSIONS = {
+    "W": "Power",
+    "A": "ElectricCurrent",
+    "V": "ElectricPotential",
+    "Wh": "Energy",
+    "kWh": "Energy",
+    "°C": "Temperature",
+    "Hz": "Frequency",
+    "s": "Time",
+}
+
+
+def openhab_item_types() -> dict[str, str]:
+    """``{channel id: item type}`` of the example items."""
+    links = re.findall(
+        r'^(\S+)\s+\w+.*channel="([^"]+)"', ITEMS.read_text(encoding="utf-8"), flags=re.MULTILINE
+    )
+    return {link.removeprefix(f"{THING_UID}:"): item_type for item_type, link in links}
+
+
+def entities_by_topic() -> dict[str, Entity]:
+    """Every topic of the entity table for the example's connector, spelt by TopicLayout."""
+    layout = TopicLayout("twc3")
+    topics = {layout.field("garage", e.endpoint, e.reads): e for e in ENTITIES}
+    (bridge_state,) = BRIDGE_ENTITIES
+    topics[layout.bridge_state] = bridge_state
+    return topics
+
+
+def test_openhab_channels_are_typed_like_the_entity_table() -> None:
+    """Each channel and its item have the type the entity of its topic says.
+
+    Numbers carry the entity's unit and a Number:<dimension> item, timestamps are datetime
+    channels with DateTime items, enums are string channels allowing exactly the entity's options,
+    binary sensors are switches with the entity's payloads. Every topic is one TopicLayout spells.
+    """
+    layout = TopicLayout("twc3")
+    assert set(re.findall(r'availabilityTopic="([^"]+)"', THINGS.read_text(encoding="utf-8"))) == {
+        layout.availability("garage")
+    }
+    by_topic = entities_by_topic()
+    items = openhab_item_types()
+    for kind, channel_id, raw in openhab_channels():
+        params = dict(re.findall(r'(\w+)="([^"]*)"', raw))
+        topic = params["stateTopic"]
+        assert topic in by_topic, f"{channel_id}: {topic} is no topic of the entity table"
+        entity, item = by_topic[topic], items[channel_id]
+        if kind == "number":
+            assert entity.unit is not None, channel_id
+            assert params.get("unit") == entity.unit, channel_id
+            assert item == f"Number:{DIMENSIONS[entity.unit]}", channel_id
+        elif kind == "datetime":
+            assert entity.device_class == "timestamp", channel_id
+            assert item == "DateTime", channel_id
+        elif kind == "switch":
+            assert entity.component == "binary_sensor", channel_id
+            assert (params["on"], params["off"]) == (entity.payload_on, entity.payload_off)
+            assert item == "Switch", channel_id
+        else:
+            assert kind == "string", channel_id
+            allowed = params["allowedStates"].split(",")
+            if entity.scope == "bridge":  # the bridge state, shown as its two words
+                assert allowed == [entity.payload_on, entity.payload_off], channel_id
+            else:
+                assert entity.device_class == "enum", channel_id
+                assert sorted(allowed) == sorted(entity.options), channel_id
+            assert item == "String", channel_id
+
+
+def test_every_timestamp_and_enum_of_the_example_is_typed() -> None:
+    """No timestamp or enum topic of the table sits on a plain number or text channel."""
+    by_topic = entities_by_topic()
+    for kind, channel_id, raw in openhab_channels():
+        entity = by_topic[dict(re.findall(r'(\w+)="([^"]*)"', raw))["stateTopic"]]
+        expected = {"timestamp": "datetime", "enum": "string"}.get(entity.device_class or "")
+        assert expected is None or kind == expected, channel_id
 
 
 def start_bridge(config: Path, log: Path) -> subprocess.Popen[bytes]:

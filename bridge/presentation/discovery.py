@@ -92,30 +92,30 @@ def object_id(text: str) -> str:
     return _OBJECT_ID_UNSAFE.sub("_", text)[:128]
 
 
-NULL_UNAVAILABLE_TEMPLATE: Final = "{{ 'offline' if value == 'null' else 'online' }}"
+# Home Assistant's sensor reads the payload "None" (after value_template) as unknown
+# (homeassistant/components/mqtt/sensor.py, PAYLOAD_NONE), and so does openHAB's Home Assistant
+# binding, which sets "None" as the null value of its sensor channels (component/Sensor.java). The
+# plain topic keeps saying "null", which Node-RED and scripts read as JSON null.
+NULL_TEMPLATE: Final = "{{ 'None' if value == 'null' else value }}"
 
 
-def entity_availability(
-    site: Site, unit_id: str, entity: Entity, state_topic: str
-) -> list[dict[str, str]]:
-    """The availability list of one entity, from its table row."""
+def entity_availability(site: Site, unit_id: str, entity: Entity) -> list[dict[str, str]]:
+    """The availability list of one entity: the bridge, and the unit unless always available.
+
+    Nothing else: openHAB puts every entity's availability topics on one tracker per device, so
+    an entity-specific topic there would take the whole device offline.
+    """
     if entity.always_available:
         return [{"topic": site.bridge_state_topic}]
-    return availability(site, unit_id, state_topic if entity.null_means_unavailable else None)
+    return availability(site, unit_id)
 
 
-def availability(site: Site, unit_id: str, value_topic: str | None = None) -> list[dict[str, str]]:
-    """Both the bridge and the unit must be online for an entity to be available.
-
-    With ``value_topic``, a ``null`` payload there (a failed sensor) also makes it unavailable.
-    """
-    entries = [
+def availability(site: Site, unit_id: str) -> list[dict[str, str]]:
+    """Both the bridge and the unit must be online for an entity to be available."""
+    return [
         {"topic": site.bridge_state_topic},
         {"topic": site.layout.availability(unit_id)},
     ]
-    if value_topic is not None:
-        entries.append({"topic": value_topic, "value_template": NULL_UNAVAILABLE_TEMPLATE})
-    return entries
 
 
 def bridge_device(site: Site) -> dict[str, Any]:
@@ -164,7 +164,7 @@ def entity_options(entity: Entity) -> dict[str, Any]:
         "state_class": entity.state_class,
         "suggested_display_precision": entity.precision,
         "options": list(entity.options) or None,
-        "value_template": entity.value_template,
+        "value_template": entity.value_template or (NULL_TEMPLATE if entity.nullable else None),
         "entity_category": entity.category,
         "enabled_by_default": None if entity.enabled else False,
         "icon": entity.icon,
@@ -209,7 +209,7 @@ def entity_config(
     state_topic = site.layout.field(info.unit_id, entity.endpoint, entity.reads)
     return {
         **_component(entity, _entity_ids(entity, info), state_topic),
-        "availability": entity_availability(site, info.unit_id, entity, state_topic),
+        "availability": entity_availability(site, info.unit_id, entity),
         "availability_mode": "all",
         "qos": 1,
         "device": unit_device(info, site) if device is None else device,
@@ -241,8 +241,8 @@ def device_config(
             "platform": entity.component,
             **_component(entity, _entity_ids(entity, info), state_topic),
         }
-        if entity.null_means_unavailable or entity.always_available:
-            component["availability"] = entity_availability(site, info.unit_id, entity, state_topic)
+        if entity.always_available:  # the others take the device's shared availability
+            component["availability"] = entity_availability(site, info.unit_id, entity)
         components[object_id(entity.key)] = component
     for component_id, platform in (removed or {}).items():
         components.setdefault(component_id, {"platform": platform})

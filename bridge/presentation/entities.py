@@ -40,8 +40,10 @@ class Entity:
     options: tuple[str, ...] = ()
     value_template: str | None = None
     icon: str | None = None
-    # The payload "null" means the value is unknown right now (a failed sensor): unavailable.
-    null_means_unavailable: bool = False
+    # The value can be unknown while the unit answers (a sensor reading its "invalid" sentinel):
+    # its topic then says ``null``, which discovery maps to unknown (discovery.NULL_TEMPLATE).
+    # Other unknown values are not published at all, so their topics never say ``null``.
+    nullable: bool = False
     # Available whenever the bridge runs, even while the unit itself is offline.
     always_available: bool = False
     # What a binary sensor's state topic says for on and off.
@@ -112,7 +114,7 @@ def _temperature(
         precision=1,
         category="diagnostic" if diagnostic else None,
         enabled=endpoint != "vitals",  # the raw readings show 255 °C when the sensor fails
-        null_means_unavailable=endpoint == "derived",
+        nullable=endpoint == "derived",
     )
 
 

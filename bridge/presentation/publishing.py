@@ -12,7 +12,8 @@ from typing import Any, Final
 from bridge.core.models import ParsedBody
 from bridge.core.names import field_level
 from bridge.core.outbox import Outbox
-from bridge.core.unit_values import TEMPERATURE_FIELDS, Derived
+from bridge.core.unit_values import Derived
+from bridge.presentation.entities import ENTITIES
 from bridge.presentation.topics import TopicLayout, compact_json, plain_payload
 
 logger = logging.getLogger(__name__)
@@ -20,6 +21,10 @@ logger = logging.getLogger(__name__)
 MAX_FIELDS_PER_BODY: Final = 256  # real bodies have under 30; bound what a broken unit can create
 MAX_REMEMBERED_KEYS: Final = 4 * MAX_FIELDS_PER_BODY
 _NOTHING: Final = object()
+# Derived values whose topic says "null" while unknown (the entity table's nullable rows).
+_NULL_WHEN_UNKNOWN: Final = frozenset(
+    e.field for e in ENTITIES if e.endpoint == "derived" and e.nullable
+)
 
 
 class UnitTopics:
@@ -177,11 +182,12 @@ def _publish_odd_body(
 def publish_derived(outbox: Outbox, topics: UnitTopics, derived: Derived, now: float) -> None:
     """Put derived values (``derived/<name>``) and events (``event``) into the outbox.
 
-    A temperature whose sensor reads invalid is published as ``null``, so consumers see it is
-    unknown instead of a stale value; other unknown values are left unpublished.
+    An unknown value of a nullable entity (a temperature whose sensor reads invalid) is published
+    as ``null``, so consumers see it is unknown instead of a stale value; other unknown values are
+    left unpublished.
     """
     for name, value in derived.values.items():
-        if value is None and name in TEMPERATURE_FIELDS:
+        if value is None and name in _NULL_WHEN_UNKNOWN:
             topics.put_if_changed(outbox, topics.derived(name), "null")
         else:
             topics.put_if_changed(outbox, topics.derived(name), value)
