@@ -295,6 +295,8 @@ class BridgeSection(_Strict):
     data_dir: Path = Field(default_factory=default_data_dir)
     # How long a field name a unit stopped sending keeps its topics (bridge/core/fieldbudget.py).
     field_retire_s: Seconds = 600.0
+    # Whether ids no longer configured (renamed or removed) are cleared at start (runtime/ghosts).
+    clean_removed: bool = True
 
 
 class GroupConfig(_Strict):
