@@ -128,3 +128,11 @@ def test_the_publisher_rewrites_nodes_as_it_knows_them() -> None:
     publisher.update_unit("new", None, {("vitals", "grid_v"): 230.0})
     publisher.publish_nodes()
     assert outbox.get("homie/twc3-bridge/$nodes") == "new"
+
+
+def test_configs_the_announcer_removes_are_counted_not_cleared() -> None:
+    """In the running bridge the announcer removes the configs: the plan only counts them."""
+    ghost = Ghost("old", ("ha/sensor/s1_v/config",), None, clear_discovery=False)
+    plan = clearing_plan(RETAINED, LAYOUT, [ghost], None, rewrite_nodes=False)
+    assert plan.messages == [("twc3/old/availability", ""), ("twc3/old/vitals/grid_v", "")]
+    assert plan.cleared == [Cleared("old", retained=2, discovery=1)]

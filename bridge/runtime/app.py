@@ -100,6 +100,7 @@ class Bridge:
                 unit_id,
                 discovery_topics_of(announced, owner),
                 homie_node_of(unit_id, configured_ids) if config.homie.enabled else None,
+                clear_discovery=False,  # the announcer's start removes them
             )
             for unit_id, owner in sorted(self.ghosts.items())
         ]

@@ -51,11 +51,17 @@ def ghost_ids(
 
 @dataclass(frozen=True, slots=True)
 class Ghost:
-    """One id to clear and what else it left: discovery config topics and a Homie node id."""
+    """One id to clear and what else it left: discovery config topics and a Homie node id.
+
+    ``clear_discovery`` False: the configs are only counted, because the running bridge's
+    announcer removes them on its own connection, in order before a renamed unit (the same serial
+    number, so the same config topics) announces them again.
+    """
 
     unit_id: str
     discovery_topics: tuple[str, ...] = ()
     homie_node: str | None = None
+    clear_discovery: bool = True
 
 
 def homie_node_of(unit_id: str, live_ids: Iterable[str]) -> str | None:
@@ -131,7 +137,8 @@ def clearing_plan(
                 plan.messages.append((nodes_topic(homie_root), remaining))
     for ghost in ghosts:
         cleared = Cleared(ghost.unit_id)
-        plan.messages += [(topic, "") for topic in ghost.discovery_topics]
+        if ghost.clear_discovery:
+            plan.messages += [(topic, "") for topic in ghost.discovery_topics]
         cleared.discovery = len(ghost.discovery_topics)
         unit_root = layout.unit(ghost.unit_id)
         own = sorted(
