@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bridge.core.outbox import Outbox
@@ -16,6 +18,8 @@ from bridge.runtime.ghosts import (
     homie_node_of,
     subscriptions,
 )
+from bridge.tools.cli import main
+from bridge.tools.exitcodes import EXIT_USAGE
 
 LAYOUT = TopicLayout("twc3")
 HOMIE = "homie/twc3-bridge"
@@ -136,3 +140,23 @@ def test_configs_the_announcer_removes_are_counted_not_cleared() -> None:
     plan = clearing_plan(RETAINED, LAYOUT, [ghost], None, rewrite_nodes=False)
     assert plan.messages == [("twc3/old/availability", ""), ("twc3/old/vitals/grid_v", "")]
     assert plan.cleared == [Cleared("old", retained=2, discovery=1)]
+
+
+@pytest.mark.parametrize(
+    ("unit_id", "said"),
+    [("beta", "beta is still configured"), ("a/b", "is no unit id"), ("#", "is no unit id")],
+)
+def test_forget_refuses_a_configured_or_invalid_id_before_connecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], unit_id: str, said: str
+) -> None:
+    """One line and exit 2, with no broker needed (port 1 would refuse)."""
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        '[mqtt]\nhost = "127.0.0.1"\nport = 1\n'
+        f'[bridge]\ndata_dir = "{tmp_path}"\n'
+        '[[connectors]]\nhost = "127.0.0.1:8780"\nid = "beta"\n'
+    )
+    assert main(["forget", "alpha", unit_id, "--config", str(config)]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert said in err[0]
