@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import pytest
 
+from bridge.runtime.statefile import STATE_VERSION
 from bridge.sim.simulator import Scenario, SimulatedUnit, UnitServer
 from tests.conftest import Broker
 from tests.test_fault_suite import (
@@ -196,6 +197,6 @@ async def test_state_file_of_the_wrong_shape_is_kept_aside_and_the_bridge_publis
         log
     )  # the link never flapped
     saved = json.loads((data_dir / "state.json").read_text(encoding="utf-8"))
-    assert saved["version"] == 2
+    assert saved["version"] == STATE_VERSION
     assert all("+" not in topic for topic in saved["discovery"]["topics"])
     assert "Traceback" not in log, log

@@ -80,7 +80,7 @@ def test_missing_file_loads_empty_quietly(tmp_path: Path, caplog: pytest.LogCapt
         ("[]", "holds no JSON object"),
         ("null", "holds no JSON object"),
         ('"text"', "holds no JSON object"),
-        ('{"version": 3, "energy": []}', "has version 3, unknown to this bridge"),
+        ('{"version": 4, "energy": []}', "has version 4, unknown to this bridge"),
         ('{"version": "2"}', "has a version that is no number"),
         ('{"version": true}', "has a version that is no number"),
         ('{"version": 0}', "has version 0"),
@@ -637,3 +637,76 @@ def test_what_a_write_takes_is_a_copy_later_changes_do_not_reach(tmp_path: Path)
     }
     assert [r["total_wh"] for r in rendered["energy"]] == [1.0]  # type: ignore[attr-defined]
     assert rendered["addresses"] == {}
+
+
+# --- published unit ids (version 3) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [None, 1, 2])
+def test_older_files_migrate_quietly_with_no_published_ids(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, version: int | None
+) -> None:
+    """Versions 1 and 2 had no published ids: read without a warning, written back as version 3."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    data: dict[str, Any] = {"addresses": {"S1": "10.0.0.1"}}
+    if version is not None:
+        data["version"] = version
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    state = StateFile(path)
+    assert state.published_units() == {}
+    assert state.address_of("S1") == "10.0.0.1"
+    assert _messages(caplog, logging.WARNING) == []
+    state.keep_published("garage", "garage")
+    assert state.flush()
+    on_disk = _on_disk(state)
+    assert on_disk["version"] == STATE_VERSION == 3
+    assert on_disk["published"] == {"garage": "garage"}
+    assert on_disk["addresses"] == {"S1": "10.0.0.1"}
+    SavedState.model_validate(on_disk)
+
+
+def test_published_ids_survive_a_restart_and_forgetting_one_is_saved(tmp_path: Path) -> None:
+    """Recorded ids come back after a restart; a forgotten id is gone from the next write."""
+    path = tmp_path / "state.json"
+    state = StateFile(path)
+    state.keep_published("garage", "garage")
+    state.keep_published("pt1234", "10.0.0.9")
+    assert state.flush()
+    again = StateFile(path)
+    assert again.published_units() == {"garage": "garage", "pt1234": "10.0.0.9"}
+    assert not again.dirty
+    again.keep_published("garage", "garage")
+    assert not again.dirty  # nothing new
+    again.forget_published("garage")
+    assert again.dirty
+    assert again.flush()
+    assert StateFile(path).published_units() == {"pt1234": "10.0.0.9"}
+
+
+@pytest.mark.parametrize(
+    ("section", "kept", "problem"),
+    [
+        ("not an object", {}, "published unit is not an object; dropped"),
+        ({"#": "a", "a/b": "a", "+": "x", "ok": "ok"}, {"ok": "ok"}, "3 invalid published unit"),
+        ({"ok": 5, "": "a", "fine": "10.0.0.1"}, {"fine": "10.0.0.1"}, "2 invalid published unit"),
+        ({"bridge": "bridge", "x": ""}, {}, "2 invalid published unit entries dropped"),
+    ],
+)
+def test_a_damaged_published_section_keeps_its_valid_ids_and_never_a_wildcard(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    section: object,
+    kept: dict[str, str],
+    problem: str,
+) -> None:
+    """An id becomes a subscription filter when cleared: a wildcard or '/' must never load."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    path = tmp_path / "state.json"
+    data = {"version": 3, "addresses": {"S1": "10.0.0.1"}, "published": section}
+    path.write_text(json.dumps(data), encoding="utf-8")
+    state = StateFile(path)
+    assert state.published_units() == kept
+    assert state.address_of("S1") == "10.0.0.1"
+    (message,) = _messages(caplog, logging.WARNING)
+    assert problem in message

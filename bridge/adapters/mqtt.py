@@ -686,13 +686,29 @@ async def delete_retained(config: MqttConfig, topics: Sequence[str], identifier:
     Raises:
         MqttUnavailableError: the broker cannot be reached or dropped the connection.
     """
-    messages = [Message(topic, "") for topic in topics]
+    await publish_retained(config, [(topic, "") for topic in topics], identifier)
+
+
+async def publish_retained(
+    config: MqttConfig,
+    pairs: Sequence[tuple[str, str]],
+    identifier: str,
+    qos1_prefixes: tuple[str, ...] = (),
+) -> None:
+    """Publish retained ``(topic, payload)`` pairs in order (``""`` deletes), confirmed in chunks.
+
+    Raises:
+        MqttUnavailableError: the broker cannot be reached or dropped the connection.
+    """
+    messages = [Message(topic, payload) for topic, payload in pairs]
     client = make_client(config, identifier)
     publisher = _ONE_SHOT_PUBLISHERS[config.publisher].for_client(client)
     try:
         async with connection(client, publisher):
             for start in range(0, len(messages), MAX_BATCH):
-                await publisher.publish_chunk(messages[start : start + MAX_BATCH])
+                await publisher.publish_chunk(
+                    messages[start : start + MAX_BATCH], qos1_prefixes=qos1_prefixes
+                )
     except (aiomqtt.MqttError, OSError) as error:
         raise MqttUnavailableError(describe_mqtt_error(error)) from None
 

@@ -313,6 +313,9 @@ class BridgeSection(_Strict):
             raise ValueError(problem)
         return value
 
+    # Whether ids no longer configured (renamed or removed) are cleared at start (runtime/ghosts).
+    clean_removed: bool = True
+
 
 class GroupConfig(_Strict):
     """A power-sharing group: one leader on the home network and its followers."""

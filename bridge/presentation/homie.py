@@ -247,6 +247,32 @@ def value_messages(
     return messages
 
 
+def device_root(base_topic: str, device_id: str) -> str:
+    """The root topic of the Homie device."""
+    return f"{base_topic}/{device_id}"
+
+
+def nodes_topic(root: str) -> str:
+    """The device's ``$nodes`` attribute."""
+    return f"{root}/$nodes"
+
+
+def node_tree(root: str, node_id: str) -> str:
+    """A subscription filter for every topic of one node (``<root>/<node>/#``)."""
+    return f"{root}/{node_id}/#"
+
+
+def is_node_topic(topic: str, root: str, node_id: str) -> bool:
+    """Whether ``topic`` belongs to node ``node_id`` of the device at ``root``."""
+    return topic.startswith(f"{root}/{node_id}/")
+
+
+def nodes_without(nodes: str, node_ids: Iterable[str]) -> str:
+    """A ``$nodes`` payload without ``node_ids`` (``""``: no node left, delete the attribute)."""
+    gone = set(node_ids)
+    return ",".join(node for node in nodes.split(",") if node and node not in gone)
+
+
 @dataclass(slots=True)
 class _Node:
     id: str
@@ -259,7 +285,7 @@ class HomiePublisher:
 
     def __init__(self, outbox: Outbox, base_topic: str, device_id: str, name: str) -> None:
         self.outbox = outbox
-        self.root = f"{base_topic}/{device_id}"
+        self.root = device_root(base_topic, device_id)
         self.state_topic = f"{self.root}/$state"
         self.name = name
         self._nodes: dict[str, _Node] = {}  # by unit id, in announce order
@@ -311,6 +337,14 @@ class HomiePublisher:
                 self.outbox.delete(f"{base}/{prop.id}/{attribute}")
         if not node.properties:  # no empty payload: it would delete the topic
             self.outbox.delete(f"{base}/$properties")
+
+    def publish_nodes(self) -> None:
+        """Publish ``$nodes`` as this run knows it, over one a removed node's left retained."""
+        nodes = ",".join(self.node_ids)
+        if nodes:
+            self.outbox.put(nodes_topic(self.root), nodes, always=True)
+        else:  # no empty payload: it would delete the topic; the first node brings it back
+            self.outbox.delete(nodes_topic(self.root))
 
     def restore_state(self) -> None:
         """Publish the current ``$state`` again over a ``lost`` (a Will, or the Will keeper's)."""

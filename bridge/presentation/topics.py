@@ -61,6 +61,10 @@ class TopicLayout:
         """The root of one unit's topics."""
         return f"{self.base}/{unit_id}"
 
+    def unit_tree(self, unit_id: str) -> str:
+        """A subscription filter for every topic of one unit (``<base>/<unit>/#``)."""
+        return f"{self.base}/{unit_id}/#"
+
     def availability(self, unit_id: str) -> str:
         """Whether the unit answers: ``online``/``offline``."""
         return f"{self.base}/{unit_id}/availability"

@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from bridge.adapters.mqtt import MqttLink, WillKeeper
+from bridge.adapters.mqtt import MqttLink, MqttUnavailableError, WillKeeper
 from bridge.adapters.twc import TwcClient
 from bridge.core.config import BridgeConfig, ConnectorConfig
 from bridge.core.fieldbudget import FieldBudget
@@ -30,6 +30,13 @@ from bridge.runtime.announce import (
     unit_info,
 )
 from bridge.runtime.energy import EnergyKeeper
+from bridge.runtime.ghosts import (
+    Ghost,
+    clear_ghosts,
+    discovery_topics_of,
+    ghost_ids,
+    homie_node_of,
+)
 from bridge.runtime.group_totals import GroupTotals
 from bridge.runtime.housekeeping import HEARTBEAT_FILE_NAME, heartbeat, keep_state, settle_heap
 from bridge.runtime.identity import UnitIdentities
@@ -92,13 +99,29 @@ class Bridge:
             instance=config.bridge.instance,
         )
         self.state_file = StateFile(config.bridge.data_dir / STATE_FILE_NAME, ha.discovery_prefix)
+        owners = {connector_owner(c) for c in config.connectors}
+        configured_ids = {cid for c in config.connectors if (cid := c.configured_id())}
+        # Ids published before by connectors no longer configured (renamed or removed).
+        self.ghosts = ghost_ids(self.state_file.published_units(), configured_ids, owners)
+        announced = self.state_file.announced_topics()
+        self.ghost_targets = [
+            Ghost(
+                unit_id,
+                discovery_topics_of(announced, owner),
+                homie_node_of(unit_id, configured_ids) if config.homie.enabled else None,
+                clear_discovery=False,  # the announcer's start removes them
+            )
+            for unit_id, owner in sorted(self.ghosts.items())
+        ]
+        kept_owners = set() if config.bridge.clean_removed else set(self.ghosts.values())
+        for cid in configured_ids:
+            self.state_file.keep_published(cid, cid)
         self.announcer = Announcer(
             self.site,
             ha.discovery,
             self.outbox,
             self.state_file,
-            {connector_owner(c) for c in config.connectors}
-            | {f"group:{g.group_id}" for g in config.groups},
+            owners | kept_owners | {f"group:{g.group_id}" for g in config.groups},
         )
         self.reannouncer = Reannouncer(self.outbox, first_prefix=f"{ha.discovery_prefix}/")
         self.energy = EnergyKeeper(self.state_file)
@@ -216,6 +239,8 @@ class Bridge:
             if info is not None and inputs != seen[0]:
                 seen[0] = inputs
                 self.announcer.update_unit(owner, info, announced_fields(poller))
+            if poller.topics is not None:
+                self.state_file.keep_published(poller.topics.unit_id, owner)
             if self.homie is not None and poller.topics is not None:
                 self.homie.update_unit(poller.topics.unit_id, connector.name, homie_values(poller))
 
@@ -250,6 +275,41 @@ class Bridge:
                     escaped(token),
                     self.twins.own_token,
                 )
+
+    async def clean_removed(self) -> None:
+        """Once connected, clear what ids no longer configured left (or say they were kept)."""
+        if not self.ghost_targets:
+            return
+        names = " ".join(target.unit_id for target in self.ghost_targets)
+        if not self.config.bridge.clean_removed:
+            logger.info(
+                "unit id(s) %s are no longer configured; their retained topics are kept "
+                "(clean_removed = false): remove them with 'twc3-bridge forget %s'",
+                escaped(names),
+                escaped(names),
+            )
+            return
+        await self.link.connected.wait()
+        try:
+            cleared = await clear_ghosts(
+                self.config.mqtt,
+                self.layout,
+                self.ghost_targets,
+                homie_root=self.homie.root if self.homie is not None else None,
+                rewrite_nodes=False,
+                identifier=f"{self.config.mqtt.client_id}-ghosts",
+            )
+        except MqttUnavailableError as error:
+            logger.warning(
+                "could not clear unit id(s) no longer configured (%s); trying again at the "
+                "next start",
+                escaped(str(error)),
+            )
+            return
+        if self.homie is not None:
+            self.homie.publish_nodes()  # the retained $nodes may still list a removed node
+        for done in cleared:
+            self.state_file.forget_published(done.unit_id)
 
     def settled(self) -> bool:
         """Whether startup is over: every unit was asked every endpoint at least once."""
@@ -307,6 +367,7 @@ class Bridge:
                     name="housekeeping",
                 )
                 settle_task = group.create_task(self._settle_heap(), name="settle-heap")
+                ghosts_task = group.create_task(self.clean_removed(), name="clean-removed")
                 poller_tasks = [
                     group.create_task(_supervised(p.label, p.run), name=f"poll {p.label}")
                     for p in self.pollers
@@ -319,6 +380,7 @@ class Bridge:
                 heartbeat_task.cancel()
                 housekeeping_task.cancel()
                 settle_task.cancel()
+                ghosts_task.cancel()
                 await link_task
         finally:
             self.save_energy()

@@ -1,11 +1,12 @@
 """The saved state (``state.json``): its typed, versioned schema and its only reader and writer.
 
 What is kept: each unit's energy accumulator (found again by serial number and by connector key),
-the serial number -> address book, and what discovery announced. The file is replaced atomically
-and never stops the bridge: a read-only or full directory warns once (again only after a write
-succeeded in between); a file that cannot be used whole (unreadable, not JSON, the wrong shape, an
-unknown version) is kept aside as ``state.json.bad-<UTC time>`` with one warning, and the bridge
-starts with whatever part of it is valid.
+the serial number -> address book, what discovery announced, and every unit id published (with the
+connector key that published it, so ids of connectors no longer configured can be cleared). The file
+is replaced atomically and never stops the bridge: a read-only or full directory warns once (again
+only after a write succeeded in between); a file that cannot be used whole (unreadable, not JSON,
+the wrong shape, an unknown version) is kept aside as ``state.json.bad-<UTC time>`` with one
+warning, and the bridge starts with whatever part of it is valid.
 """
 
 from __future__ import annotations
@@ -35,14 +36,17 @@ from pydantic import (
 )
 
 from bridge.core.derived import SessionEnergy
+from bridge.core.names import id_problem
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION: Final = 2
+STATE_VERSION: Final = 3
 # Version 1 had no "version" key: {"energy": {serial: accumulator}, "addresses": {serial: host},
 # "discovery": {"topics": {topic: owner}, "components": {owner: {key: platform}}}}.
+# Version 2 made "energy" a list of records; version 3 added "published" ({unit id: owner}).
+# Older files read as having published nothing: their ids are recorded again as units publish.
 FIRST_VERSION: Final = 1
-KNOWN_KEYS: Final = frozenset({"version", "energy", "addresses", "discovery"})
+KNOWN_KEYS: Final = frozenset({"version", "energy", "addresses", "discovery", "published"})
 MAX_SET_ASIDE_TRIES: Final = 100
 _SHOWN_CHARS: Final = 40  # of a file-supplied name quoted in the warning
 MAX_KEY_LENGTH: Final = 256
@@ -117,10 +121,11 @@ class SavedState(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    version: Literal[2] = STATE_VERSION
+    version: Literal[3] = STATE_VERSION
     energy: list[EnergyRecord] = Field(default_factory=list)
     addresses: dict[Key, Key] = Field(default_factory=dict)
     discovery: DiscoverySection = Field(default_factory=DiscoverySection)
+    published: dict[Key, Key] = Field(default_factory=dict)  # unit id -> connector key
 
 
 @dataclass
@@ -131,6 +136,7 @@ class LoadedState:
     addresses: dict[str, str] = field(default_factory=dict)
     topics: dict[str, str] = field(default_factory=dict)
     components: dict[str, dict[str, str]] = field(default_factory=dict)
+    published: dict[str, str] = field(default_factory=dict)
 
 
 def discovery_topic_problem(topic: str, prefix: str) -> str | None:
@@ -173,6 +179,9 @@ def parse_state(data: object, discovery_prefix: str) -> tuple[LoadedState, list[
     problems = [f"unknown key {_quoted(key)} dropped" for key in data if key not in KNOWN_KEYS]
     loaded.energy = _parse_energy(data.get("energy"), version, problems)
     loaded.addresses = _parse_mapping(data.get("addresses"), "addresses", _valid_address, problems)
+    loaded.published = _parse_mapping(
+        data.get("published"), "published unit", _valid_published, problems
+    )
     _parse_discovery(data.get("discovery"), discovery_prefix, loaded, problems)
     return loaded, problems
 
@@ -213,6 +222,11 @@ def _valid_address(serial: object, host: object) -> bool:
         and isinstance(host, str)
         and 0 < len(host) <= MAX_KEY_LENGTH
     )
+
+
+def _valid_published(unit_id: object, owner: object) -> bool:
+    # The id becomes a subscription filter when it is cleared: a wildcard must never get there.
+    return isinstance(unit_id, str) and id_problem(unit_id) is None and _valid_address("-", owner)
 
 
 def _parse_mapping(
@@ -294,6 +308,7 @@ class _Pending:
     addresses: dict[str, str]
     topics: dict[str, str]
     components: dict[str, dict[str, str]]
+    published: dict[str, str]
 
     def render(self) -> dict[str, object]:
         return {
@@ -301,6 +316,7 @@ class _Pending:
             "energy": [record.model_dump() for record in self.energy],
             "addresses": self.addresses,
             "discovery": {"topics": self.topics, "components": self.components},
+            "published": self.published,
         }
 
 
@@ -339,6 +355,7 @@ class StateFile:
         self._addresses: dict[str, str] = {}
         self._topics: Mapping[str, str] = {}
         self._components: Mapping[str, Mapping[str, str]] = {}
+        self._published: dict[str, str] = {}
         # As loaded at start: where a restarted unit finds its total.
         self._saved_by_connector: dict[str, EnergyRecord] = {}
         self._saved_by_serial: dict[str, EnergyRecord] = {}
@@ -392,6 +409,7 @@ class StateFile:
         self._addresses = dict(loaded.addresses)
         self._topics = loaded.topics
         self._components = loaded.components
+        self._published = dict(loaded.published)
         self._saved_by_connector = _highest(loaded.energy, lambda r: r.connector)
         self._saved_by_serial = _highest(loaded.energy, lambda r: r.serial)
         totals = {serial: r.total_wh for serial, r in self._saved_by_serial.items()}
@@ -522,6 +540,26 @@ class StateFile:
         self._components = components
         self._dirty = True
 
+    # --- published unit ids -------------------------------------------------------------------
+
+    def published_units(self) -> dict[str, str]:
+        """Every unit id published and the connector key that published it last (a copy)."""
+        self.load()
+        return dict(self._published)
+
+    def keep_published(self, unit_id: str, owner: str) -> None:
+        """Remember that the connector keyed ``owner`` publishes under ``unit_id``."""
+        self.load()
+        if self._published.get(unit_id) != owner:
+            self._published[unit_id] = owner
+            self._dirty = True
+
+    def forget_published(self, unit_id: str) -> None:
+        """Drop ``unit_id`` once its topics are cleared from the broker."""
+        self.load()
+        if self._published.pop(unit_id, None) is not None:
+            self._dirty = True
+
     # --- writing ------------------------------------------------------------------------------
 
     @property
@@ -568,6 +606,7 @@ class StateFile:
             addresses=dict(self._addresses),
             topics=dict(self._topics),  # the large case (config topic -> owner), copied in C
             components={owner: dict(keys) for owner, keys in self._components.items()},
+            published=dict(self._published),
         )
         return pending, self._sequence
 
@@ -619,4 +658,6 @@ class StateFile:
 
 
 def _any(loaded: LoadedState) -> bool:
-    return bool(loaded.energy or loaded.addresses or loaded.topics or loaded.components)
+    return bool(
+        loaded.energy or loaded.addresses or loaded.topics or loaded.components or loaded.published
+    )

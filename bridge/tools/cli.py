@@ -215,6 +215,108 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return run_watch(mqtt, once=args.once, interval_s=args.interval)
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Clear the retained topics, discovery configs and Homie node of ids no longer configured."""
+    config = _load(args)
+    if config is None:
+        return EXIT_USAGE
+    setup_logging(config.logging.level)
+    from bridge.core.names import id_problem  # noqa: PLC0415 - keeps check-config light
+
+    configured = {cid for c in config.connectors if (cid := c.configured_id())}
+    for unit_id in args.ids:
+        if (problem := id_problem(unit_id)) is not None:
+            print(f"error: {escaped(repr(unit_id))} is no unit id: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+        if unit_id in configured:
+            print(
+                f"error: {unit_id} is still configured; remove or rename its [[connectors]] "
+                "entry first (the bridge would publish it again)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+    return asyncio.run(_forget(config, list(dict.fromkeys(args.ids))))
+
+
+async def _forget(config: BridgeConfig, ids: list[str]) -> int:
+    # Network and state imports only for this command.
+    from bridge.adapters.mqtt import MqttUnavailableError  # noqa: PLC0415
+    from bridge.presentation.homie import device_root  # noqa: PLC0415
+    from bridge.runtime.app import STATE_FILE_NAME, connector_owner  # noqa: PLC0415
+    from bridge.runtime.ghosts import (  # noqa: PLC0415
+        Ghost,
+        clear_ghosts,
+        collect_retained,
+        discovery_topics_of,
+        homie_node_of,
+    )
+    from bridge.runtime.statefile import StateFile  # noqa: PLC0415
+
+    mqtt, layout = config.mqtt, TopicLayout(config.mqtt.base_topic)
+    identifier = f"{mqtt.client_id}-forget"
+    broker = f"broker {mqtt.host}:{mqtt.port}"
+    try:
+        state = await collect_retained(mqtt, [layout.bridge_state], identifier)
+    except MqttUnavailableError as error:
+        print(f"error: {broker}: {escaped(str(error))}", file=sys.stderr)
+        return EXIT_FAILURE
+    if state.get(layout.bridge_state) == "online":
+        print(
+            f"error: the bridge seems to be running ({layout.bridge_state} is online); stop it "
+            "first (a running bridge clears ids no longer configured by itself at start)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    state_file = StateFile(
+        config.bridge.data_dir / STATE_FILE_NAME, config.homeassistant.discovery_prefix
+    )
+    published, announced = state_file.published_units(), state_file.announced_topics()
+    owners = {connector_owner(c) for c in config.connectors}
+    configured = {cid for c in config.connectors if (cid := c.configured_id())}
+    # Discovery configs go with an id only when its connector is gone: a key still configured
+    # (an address whose unit was replaced) owns the live unit's configs too.
+    gone = {uid: owner for uid in ids if (owner := published.get(uid)) and owner not in owners}
+    homie_root = device_root(config.homie.base_topic, config.homie.device_id)
+    ghosts = [
+        Ghost(
+            uid,
+            discovery_topics_of(announced, gone[uid]) if uid in gone else (),
+            homie_node_of(uid, configured) if config.homie.enabled else None,
+        )
+        for uid in ids
+    ]
+    try:
+        cleared = await clear_ghosts(
+            mqtt,
+            layout,
+            ghosts,
+            homie_root=homie_root if config.homie.enabled else None,
+            rewrite_nodes=True,
+            identifier=identifier,
+        )
+    except MqttUnavailableError as error:
+        print(f"error: {broker}: {escaped(str(error))}", file=sys.stderr)
+        return EXIT_FAILURE
+    for uid in ids:
+        state_file.forget_published(uid)
+    dropped = set(gone.values())
+    state_file.keep_announced(
+        {topic: owner for topic, owner in announced.items() if owner not in dropped},
+        {
+            owner: components
+            for owner, components in state_file.announced_components().items()
+            if owner not in dropped
+        },
+    )
+    if not state_file.flush():
+        print(f"error: cannot update {state_file.path}", file=sys.stderr)
+        return EXIT_FAILURE
+    empty = [c.unit_id for c in cleared if not (c.retained or c.discovery or c.homie_node)]
+    if empty:
+        print(f"nothing of {', '.join(empty)} was left on the {broker}")
+    return EXIT_OK
+
+
 def _broker_address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host:
@@ -248,6 +350,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         subjects=BENCH_SUBJECTS[args.baseline],
         publisher=args.publisher,
     )
+
+
+def _add_forget(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    forget = sub.add_parser(
+        "forget",
+        help="clear what unit ids no longer configured left on the broker (bridge stopped)",
+    )
+    forget.add_argument("ids", nargs="+", metavar="ID", help="unit id (topic level) to forget")
+    forget.add_argument("--config", help=f"TOML configuration file (or ${CONFIG_ENV})")
+    forget.set_defaults(handler=cmd_forget)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.set_defaults(handler=cmd_watch)
 
+    _add_forget(sub)
     simulate = sub.add_parser("simulate", help="run simulated Wall Connectors on loopback ports")
     add_simulate_arguments(simulate)
     simulate.set_defaults(handler=cmd_simulate)
