@@ -302,6 +302,8 @@ class BridgeSection(_Strict):
     # Names this process among several under one base topic: its state topic becomes
     # <base>/bridge/<instance>/state, and the default client id and Homie device id follow it.
     instance: str | None = None
+    # Whether ids no longer configured (renamed or removed) are cleared at start (runtime/ghosts).
+    clean_removed: bool = True
 
     @field_validator("instance")
     @classmethod
@@ -312,9 +314,6 @@ class BridgeSection(_Strict):
         if problem:
             raise ValueError(problem)
         return value
-
-    # Whether ids no longer configured (renamed or removed) are cleared at start (runtime/ghosts).
-    clean_removed: bool = True
 
 
 class GroupConfig(_Strict):
