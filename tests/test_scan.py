@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import bridge.adapters.survey as survey_module
 import bridge.tools.scan as scan_module
 from bridge.adapters.twc import TwcClient
 from bridge.core.config import CONFIG_ENV, PASSWORD_ENV, ConnectorConfig, load_config
@@ -413,7 +414,7 @@ class RecordingClient(TwcClient):
 async def test_scan_finds_exactly_the_simulated_units(monkeypatch: pytest.MonkeyPatch) -> None:
     """Over 127.0.0.0/29 only the two simulated units count; every client is closed."""
     RecordingClient.instances = []
-    monkeypatch.setattr(scan_module, "TwcClient", RecordingClient)
+    monkeypatch.setattr(survey_module, "TwcClient", RecordingClient)
     async with asyncio.timeout(TIMEOUT_S), loopback_lan() as port:
         found = await scan(parse_network("127.0.0.0/29"), port, 1.0, 32)
     assert [(unit.address, unit.serial) for unit in found] == [
@@ -504,7 +505,7 @@ async def test_unexpected_error_for_one_host_is_contained(monkeypatch: pytest.Mo
             raise RuntimeError("boom")
         return real_identify(raw)
 
-    monkeypatch.setattr(scan_module, "identify", fragile)
+    monkeypatch.setattr(survey_module, "identify", fragile)
     async with asyncio.timeout(TIMEOUT_S), loopback_lan() as port:
         report = await survey(parse_network("127.0.0.0/29"), port, 1.0, 32)
     assert len(report.found) == 2
@@ -605,7 +606,7 @@ def test_refused_networks_send_no_traffic(
     def forbidden(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("scan sent traffic for a refused network")
 
-    monkeypatch.setattr(scan_module, "TwcClient", forbidden)
+    monkeypatch.setattr(survey_module, "TwcClient", forbidden)
     monkeypatch.setattr(socket.socket, "connect", forbidden)
     monkeypatch.setattr(socket.socket, "connect_ex", forbidden)
     started = time.monotonic()
