@@ -20,6 +20,7 @@ import pytest
 import bridge
 from bridge.core.config import CONFIG_ENV, PASSWORD_ENV
 from bridge.sim.simulator import SimulatedUnit, UnitServer
+from bridge.tools import cli
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -518,3 +519,56 @@ def test_simulate_rejects_unknown_quirk() -> None:
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1, result.stderr
     assert "'bogus'" in errors[0]
+
+
+# ---- check-config: [discovery] (in-process) ----------------------------------------------------
+
+
+def _discovery_config(tmp_path: Path, networks: str) -> Path:
+    path = tmp_path / "bridge.toml"
+    path.write_text(
+        f'[[connectors]]\nhost = "127.0.0.2"\n\n[discovery]\nnetworks = {networks}\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_check_config_refuses_a_public_range_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+
+    path = _discovery_config(tmp_path, '["8.8.8.0/24"]')
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "discovery.networks: 8.8.8.0/24 is a public range" in err
+    assert "Traceback" not in err
+
+
+def test_check_config_warns_about_a_large_network_and_still_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+
+    path = _discovery_config(tmp_path, '["127.0.0.0/29", "127.0.0.0/20"]')
+    assert cli.main(["check-config", "--config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "discovery: 127.0.0.0/29 (6 addresses, port 80)" in out
+    warnings = [line for line in err.splitlines() if line.startswith("warning: [discovery]")]
+    assert len(warnings) == 1, err  # only the /20 is large; both are on this machine (lo)
+    assert "127.0.0.0/20 has 4094 addresses" in warnings[0]
+    assert "may take up to 384 s" in warnings[0]
+
+
+def test_check_config_warns_about_a_network_that_is_not_local(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No route from an address inside the network: it is reached through a router."""
+    monkeypatch.setattr(cli, "route_source", lambda _network, _source=None: "192.168.1.2")
+    path = _discovery_config(tmp_path, '["192.168.77.0/24"]')
+    assert cli.main(["check-config", "--config", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: [discovery] 192.168.77.0/24 is not local" in err
+
+
+def test_route_source_of_a_loopback_network_is_a_loopback_address() -> None:
+
+    assert cli.route_source("127.0.0.0/29") == "127.0.0.1"

@@ -687,3 +687,74 @@ def test_a_bad_instance_is_one_clear_line(tmp_path: Path, instance: str, fragmen
     assert len(problems) == 1
     assert problems[0].startswith("bridge.instance: ")
     assert fragment in problems[0]
+
+
+# --- [discovery] -------------------------------------------------------------------------------
+
+
+def test_discovery_is_off_by_default(tmp_path: Path) -> None:
+    """Without a [discovery] table no network is searched and the defaults are the brief's."""
+    discovery = _load(tmp_path, _connector()).discovery
+    assert discovery.networks == []
+    assert (discovery.port, discovery.search_after_s, discovery.search_every_s) == (80, 300, 900)
+    assert (discovery.add_new, discovery.concurrency, discovery.timeout_s) == (False, 32, 1.5)
+
+
+def test_discovery_networks_are_normalised(tmp_path: Path) -> None:
+    """Host bits are dropped, so the network is written the way check-config shows it."""
+    text = _connector() + '[discovery]\nnetworks = ["192.168.1.7/24", "127.0.0.2"]\n'
+    assert _load(tmp_path, text).discovery.networks == ["192.168.1.0/24", "127.0.0.2/32"]
+
+
+@pytest.mark.parametrize(
+    ("network", "reason"),
+    [
+        ("8.8.8.0/24", "public range"),
+        ("10.0.0.0/7", "public range"),  # 11.0.0.0/8 is public
+        ("10.0.0.0/16", "65534 host addresses"),
+        ("192.168.1.0/33", "not an IPv4 or IPv6 network"),
+        ("224.0.0.0/24", "multicast"),
+    ],
+)
+def test_discovery_refuses_public_huge_and_bad_networks(
+    tmp_path: Path, network: str, reason: str
+) -> None:
+    """Each refused network is one line naming the key and the reason."""
+    text = _connector() + f'[discovery]\nnetworks = ["{network}"]\n'
+    (problem,) = _problems(tmp_path, text)
+    assert problem.startswith("discovery.networks: ")
+    assert reason in problem
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("search_after_s", "4"),
+        ("search_every_s", "4.9"),
+        ("concurrency", "0"),
+        ("concurrency", "257"),
+        ("timeout_s", "0"),
+        ("timeout_s", "61"),
+        ("port", "0"),
+    ],
+)
+def test_discovery_refuses_out_of_range_settings(tmp_path: Path, key: str, value: str) -> None:
+    """Settings below their floor (5 s for the search intervals) or above scan's bounds."""
+    (problem,) = _problems(tmp_path, _connector() + f"[discovery]\n{key} = {value}\n")
+    assert problem.startswith(f"discovery.{key}: ")
+
+
+def test_discovery_accepts_five_second_intervals_and_loopback(tmp_path: Path) -> None:
+    """Tests and small sites search loopback networks every few seconds."""
+    text = _connector() + (
+        '[discovery]\nnetworks = ["127.0.0.0/29"]\nsearch_after_s = 5\nsearch_every_s = 5\n'
+    )
+    discovery = _load(tmp_path, text).discovery
+    assert (discovery.search_after_s, discovery.search_every_s) == (5, 5)
+
+
+def test_discovery_refuses_a_network_listed_twice(tmp_path: Path) -> None:
+    """192.168.1.7/24 and 192.168.1.0/24 are one network."""
+    text = _connector() + '[discovery]\nnetworks = ["192.168.1.7/24", "192.168.1.0/24"]\n'
+    (problem,) = _problems(tmp_path, text)
+    assert "listed twice" in problem

@@ -20,6 +20,14 @@ from pydantic import (
 )
 
 from bridge.core.names import id_problem, slugify, validate_base_topic
+from bridge.core.networks import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TIMEOUT_S,
+    MAX_CONCURRENCY,
+    MAX_TIMEOUT_S,
+    network_problem,
+    read_network,
+)
 from bridge.core.vocabulary import PhaseMode
 
 CONFIG_ENV: Final = "TWC3_BRIDGE_CONFIG"
@@ -345,6 +353,32 @@ class GroupConfig(_Strict):
         return self
 
 
+class DiscoveryConfig(_Strict):
+    """Where the bridge looks for units that moved (and, if asked, new ones): off by default."""
+
+    # CIDR networks searched with one GET /api/1/version per address; empty: no searching.
+    networks: list[str] = Field(default_factory=list)
+    port: Port = DEFAULT_HTTP_PORT
+    # A unit unreachable this long is looked for; then at most once per search_every_s, doubling.
+    search_after_s: Annotated[float, Field(ge=5, le=86_400)] = 300.0
+    search_every_s: Annotated[float, Field(ge=5, le=86_400)] = 900.0
+    # Units found that no connector claims are published too (else their block is logged once).
+    add_new: bool = False
+    concurrency: Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)] = DEFAULT_CONCURRENCY
+    timeout_s: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S)] = DEFAULT_TIMEOUT_S
+
+    @field_validator("networks")
+    @classmethod
+    def _private_bounded_networks(cls, value: list[str]) -> list[str]:
+        problems = [problem for text in value if (problem := network_problem(text))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        written = [str(read_network(text)) for text in value]
+        if len(set(written)) != len(written):
+            raise ValueError("a network is listed twice")
+        return written
+
+
 class LoggingConfig(_Strict):
     """Log verbosity."""
 
@@ -387,6 +421,7 @@ class BridgeConfig(_Strict):
     homie: HomieConfig = HomieConfig()
     polling: PollingConfig = PollingConfig()
     logging: LoggingConfig = LoggingConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()
     connectors: list[ConnectorConfig] = Field(default_factory=list)
     groups: list[GroupConfig] = Field(default_factory=list)
 

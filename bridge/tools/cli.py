@@ -82,7 +82,59 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for connector in config.connectors:
         topic_id = connector.configured_id() or "(serial number, once the unit answers)"
         print(f"  connector {connector.host}: topics {layout.unit(topic_id)}/…")
+    _check_discovery(config)
     return EXIT_OK
+
+
+def _check_discovery(config: BridgeConfig) -> None:
+    """Summarise ``[discovery]`` and warn, on stderr, about networks too large or not local."""
+    from bridge.core.networks import (  # noqa: PLC0415 - keeps check-config light without [discovery]
+        host_count,
+        network_warnings,
+        probe_source,
+        read_network,
+    )
+
+    discovery = config.discovery
+    if not discovery.networks:
+        return
+    sources = [connector.source_address for connector in config.connectors]
+    for text in discovery.networks:
+        source = probe_source(text, sources)
+        print(
+            f"  discovery: {text} ({host_count(read_network(text))} addresses, port "
+            f"{discovery.port}), from {source or 'the default route'}"
+        )
+        local = [address for address in (source, route_source(text, source)) if address]
+        for warning in network_warnings(
+            text,
+            concurrency=discovery.concurrency,
+            timeout_s=discovery.timeout_s,
+            local_addresses=local,
+        ):
+            print(f"warning: [discovery] {warning}", file=sys.stderr)
+
+
+def route_source(network: str, source_address: str | None = None) -> str | None:
+    """The local address the system would send from to reach ``network``, or ``None``.
+
+    Connecting a UDP socket sends nothing: it only asks the kernel for a route and a source.
+    """
+    import ipaddress  # noqa: PLC0415 - keeps check-config light without [discovery]
+    import socket  # noqa: PLC0415 - keeps check-config light without [discovery]
+
+    target = next(ipaddress.ip_network(network, strict=False).hosts(), None)
+    if target is None:  # a single address: /32 or /128
+        target = ipaddress.ip_network(network, strict=False).network_address
+    family = socket.AF_INET6 if target.version == 6 else socket.AF_INET  # noqa: PLR2004
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe_socket:
+            if source_address is not None:
+                probe_socket.bind((source_address, 0))
+            probe_socket.connect((str(target), 9))  # 9: the discard port; nothing is sent
+            return str(probe_socket.getsockname()[0])
+    except OSError:
+        return None
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
