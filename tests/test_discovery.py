@@ -319,7 +319,7 @@ def test_group_entities_show_what_the_group_totals_publish() -> None:
     assert [entity.field for entity in GROUP_ENTITIES] == list(GROUP_FIELDS)
     assert set(GROUP_FIELDS) == set(published) - {"leader"}
     assert all(entity.scope == "group" for entity in GROUP_ENTITIES)
-    assert [entity.scope for entity in BRIDGE_ENTITIES] == ["bridge"]
+    assert {entity.scope for entity in BRIDGE_ENTITIES} == {"bridge"}
 
 
 def test_unit_device_payload_is_exact() -> None:

@@ -251,7 +251,7 @@ def entities_by_topic() -> dict[str, Entity]:
     """Every topic of the entity table for the example's connector, spelt by TopicLayout."""
     layout = TopicLayout("twc3")
     topics = {layout.field("garage", e.endpoint, e.reads): e for e in ENTITIES}
-    (bridge_state,) = BRIDGE_ENTITIES
+    bridge_state, *_search_counters = BRIDGE_ENTITIES
     topics[layout.bridge_state] = bridge_state
     return topics
 

@@ -44,6 +44,8 @@ class Site:
     prefix: str
     base_topic: str
     instance: str | None = None  # ``[bridge] instance``: one of several processes on the base
+    # ``[discovery] networks`` is set: the bridge's search counters are announced too.
+    searching: bool = False
 
     @property
     def bridge_identifier(self) -> str:
@@ -263,12 +265,20 @@ def device_config_topic(site: Site, info: UnitInfo) -> str:
 
 
 def bridge_configs(site: Site, mode: DiscoveryMode) -> dict[str, dict[str, Any]]:
-    """The bridge device and its connectivity entity (no availability: it *is* availability)."""
+    """The bridge device and its entities (no availability: its state *is* availability).
+
+    Its connectivity entity always; the search counters while ``[discovery]`` searches.
+    """
     components = {
         entity: _component(
-            entity, _device_entity_ids(entity, site.bridge_identifier), site.bridge_state_topic
+            entity,
+            _device_entity_ids(entity, site.bridge_identifier),
+            site.bridge_state_topic
+            if entity.endpoint == "bridge"
+            else site.layout.bridge_search(entity.field),
         )
         for entity in BRIDGE_ENTITIES
+        if entity.endpoint == "bridge" or site.searching
     }
     return _device_configs(site, bridge_device(site), components, mode, availability=None)
 

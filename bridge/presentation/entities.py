@@ -491,7 +491,7 @@ GROUP_ENTITIES: Final[tuple[Entity, ...]] = (
     ),
 )
 
-# twc3/bridge/state: the bridge's own online/offline (its MQTT Will).
+# twc3/bridge/state: the bridge's own online/offline (its MQTT Will), and its search counters.
 BRIDGE_ENTITIES: Final[tuple[Entity, ...]] = (
     Entity(
         "bridge",
@@ -502,6 +502,34 @@ BRIDGE_ENTITIES: Final[tuple[Entity, ...]] = (
         category="diagnostic",
         payload_on="online",
         payload_off="offline",
+        scope="bridge",
+    ),
+    # <bridge root>/discovery/<name>: the search counters, announced while [discovery] searches.
+    Entity(
+        "discovery",
+        "searches",
+        "Searches",
+        state_class="total_increasing",
+        category="diagnostic",
+        icon="mdi:magnify",
+        scope="bridge",
+    ),
+    Entity(
+        "discovery",
+        "addresses_asked",
+        "Addresses asked",
+        state_class="total_increasing",
+        category="diagnostic",
+        icon="mdi:ip-network",
+        scope="bridge",
+    ),
+    Entity(
+        "discovery",
+        "units_found",
+        "Units found",
+        state_class="total_increasing",
+        category="diagnostic",
+        icon="mdi:ev-station",
         scope="bridge",
     ),
 )

@@ -16,7 +16,8 @@ class TopicLayout:
     ``<base>/bridge/state`` (``<base>/bridge/<instance>/state`` for a named instance, beside its
     ``owner`` topic), ``<base>/<unit>/availability``, ``<base>/<unit>/<endpoint>`` and its
     ``/<field>`` levels, ``<base>/<unit>/derived/<name>``, ``<base>/<unit>/event``,
-    ``<base>/<unit>/poller/<name>`` and ``<base>/group/<group>/<key>``. Home Assistant's discovery
+    ``<base>/<unit>/poller/<name>``, ``<base>/group/<group>/<key>`` and the search counters
+    ``<base>/bridge/discovery/<name>``. Home Assistant's discovery
     topics and Homie's belong to their own conventions (``discovery`` and ``homie`` modules).
     """
 
@@ -41,6 +42,10 @@ class TopicLayout:
     def bridge_owner(self) -> str:
         """The retained run token of the process holding :attr:`bridge_state` (twin detection)."""
         return f"{self.bridge_root}/owner"
+
+    def bridge_search(self, name: str) -> str:
+        """A search counter of ``[discovery]``: ``<bridge_root>/discovery/<name>``."""
+        return f"{self.bridge_root}/discovery/{name}"
 
     @property
     def every_instance_state(self) -> str:
