@@ -39,6 +39,8 @@ class _Body(httpx.AsyncByteStream):
 
 
 def simulated_client(units: dict[str, SimulatedUnit], connector: ConnectorConfig) -> TwcClient:
+    assert connector.host is not None
+    assert connector.base_url is not None
     unit = units[connector.host]
 
     def answer(request: httpx.Request) -> httpx.Response:

@@ -301,7 +301,7 @@ def test_connector_host_port_out_of_range(tmp_path: Path) -> None:
 def test_connector_without_host(tmp_path: Path) -> None:
     """A connector without host says the key is missing."""
     problems = _problems(tmp_path, MQTT_ONLY + '[[connectors]]\nname = "Garage"\n')
-    assert problems == ["connectors[0].host: required key is missing"]
+    assert problems == ["connectors[0]: give host, serial or both"]
 
 
 def test_connector_interval_out_of_range(tmp_path: Path) -> None:
