@@ -11,7 +11,7 @@ import pytest
 from bridge.adapters.twc import TwcUnreachableError
 from bridge.core.backoff import Backoff
 from bridge.core.config import PollingConfig
-from bridge.core.models import Endpoint
+from bridge.core.models import ENDPOINTS, Endpoint
 from bridge.core.outbox import Outbox
 from bridge.runtime.poller import ConnectorPoller, IdRegistry
 
@@ -286,6 +286,7 @@ async def test_a_unit_without_an_address_is_not_found_and_never_asked() -> None:
     assert poller.address is None
     assert poller.unreachable_since() == start
     await polls(poller, 5)
+    assert poller.attempted == set(ENDPOINTS)  # startup is not held up by it
     assert network.requests == []
     assert poller.requests_made == 0
     assert poller.status.failed_requests == 0

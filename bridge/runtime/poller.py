@@ -341,10 +341,12 @@ class ConnectorPoller:
         if delay > 0 and not await self._wait(delay):
             return  # moved while waiting: plan again for the new address
         started = self._clock()
-        self.attempted.add(endpoint)
         if self._waits_to_be_found:
+            # Nothing can be asked until it is found: startup is not held up by it.
+            self.attempted.update(ENDPOINTS)
             self._unit_failed(endpoint, NOT_FOUND, asked=False)
             return
+        self.attempted.add(endpoint)
         if self._retarget_pending and self._retarget is not None and self._address is not None:
             self._retarget_pending = False
             self._retarget(self._address)
