@@ -301,7 +301,7 @@ def test_connector_host_port_out_of_range(tmp_path: Path) -> None:
 def test_connector_without_host(tmp_path: Path) -> None:
     """A connector without host says the key is missing."""
     problems = _problems(tmp_path, MQTT_ONLY + '[[connectors]]\nname = "Garage"\n')
-    assert problems == ["connectors[0].host: required key is missing"]
+    assert problems == ["connectors[0]: give host, serial or both"]
 
 
 def test_connector_interval_out_of_range(tmp_path: Path) -> None:
@@ -758,3 +758,62 @@ def test_discovery_refuses_a_network_listed_twice(tmp_path: Path) -> None:
     text = _connector() + '[discovery]\nnetworks = ["192.168.1.7/24", "192.168.1.0/24"]\n'
     (problem,) = _problems(tmp_path, text)
     assert "listed twice" in problem
+
+
+# --- connectors by serial ([discovery] networks) ------------------------------------------------
+
+NETWORKS = '[discovery]\nnetworks = ["192.168.1.0/24"]\n'
+
+
+def test_connector_by_serial_alone_is_valid_with_networks(tmp_path: Path) -> None:
+    config = _load(tmp_path, MQTT_ONLY + NETWORKS + '[[connectors]]\nserial = " PGT01 "\n')
+    connector = config.connectors[0]
+    assert (connector.host, connector.serial) == (None, "PGT01")
+    assert connector.address is None
+    assert connector.base_url is None
+
+
+def test_connector_by_serial_alone_is_refused_without_networks(tmp_path: Path) -> None:
+    problems = _problems(tmp_path, MQTT_ONLY + '[[connectors]]\nserial = "PGT01"\n')
+    assert problems == [
+        (
+            "connectors[0]: serial without host needs [discovery] networks to find the unit in; "
+            "give host, or set networks"
+        )
+    ]
+
+
+def test_connector_with_host_and_serial_needs_no_networks(tmp_path: Path) -> None:
+    config = _load(tmp_path, MQTT_ONLY + _connector('serial = "PGT01"'))
+    assert (config.connectors[0].host, config.connectors[0].serial) == ("192.168.1.50", "PGT01")
+
+
+def test_connector_with_neither_host_nor_serial_is_refused(tmp_path: Path) -> None:
+    problems = _problems(tmp_path, MQTT_ONLY + NETWORKS + '[[connectors]]\nid = "garage"\n')
+    assert problems == ["connectors[0]: give host, serial or both"]
+
+
+@pytest.mark.parametrize(
+    ("serial", "problem"),
+    [
+        ("   ", "must not be blank"),
+        ("PGT 01", "must not contain spaces, control or formatting characters"),
+        ("PGT\\u202e01", "must not contain spaces, control or formatting characters"),
+        ("P" * 65, "must be at most 64 characters"),
+    ],
+)
+def test_unusable_serials_are_refused(tmp_path: Path, serial: str, problem: str) -> None:
+    problems = _problems(tmp_path, MQTT_ONLY + _connector(f'serial = "{serial}"'))
+    assert len(problems) == 1
+    assert problems[0].startswith("connectors[0].serial: ")
+    assert problems[0].endswith(problem)
+
+
+def test_one_serial_in_two_connectors_is_refused(tmp_path: Path) -> None:
+    text = (
+        MQTT_ONLY
+        + NETWORKS
+        + '[[connectors]]\nserial = "PGT01"\n'
+        + _connector('serial = "PGT01"', host="192.168.1.51")
+    )
+    assert _problems(tmp_path, text) == ["connectors[1]: serial 'PGT01' is already connectors[0]"]

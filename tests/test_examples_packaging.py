@@ -164,7 +164,7 @@ def test_compose_file_services() -> None:
     units = int(command[command.index("--units") + 1])
     first_port = int(command[command.index("--port") + 1])
     assert command[command.index("--host") + 1] == "0.0.0.0"
-    ports = [c.address[1] for c in load_config(COMPOSE_CONFIG, environ={}).connectors]
+    ports = [c.address[1] for c in load_config(COMPOSE_CONFIG, environ={}).connectors if c.address]
     assert ports == list(range(first_port, first_port + units))
 
 

@@ -161,7 +161,8 @@ def test_unit_answering_at_a_new_address_is_logged_once(
 
     caplog.set_level(logging.INFO)
     poller = cast(
-        "ConnectorPoller", SimpleNamespace(label="garage", status=SimpleNamespace(serial=None))
+        "ConnectorPoller",
+        SimpleNamespace(label="garage", address=None, status=SimpleNamespace(serial=None)),
     )
     assert run_with("192.0.2.10")
     assert run_with("192.0.2.10")

@@ -61,8 +61,8 @@ def test_phase_mode_setting_is_auto_or_a_wiring() -> None:
         ConnectorConfig(host="192.0.2.1", phase_mode="two_phase")
 
 
-def test_reachability_is_reachable_or_a_reason_category() -> None:
-    assert ("reachable", *UNREACHABLE) == REACHABILITIES
+def test_reachability_is_reachable_moved_or_a_reason_category() -> None:
+    assert ("reachable", "moved", *UNREACHABLE) == REACHABILITIES
 
 
 @pytest.mark.parametrize(
@@ -74,6 +74,7 @@ def test_reachability_is_reachable_or_a_reason_category() -> None:
         ("unexpected response: HTTP 500", "unexpected response"),
         ("unexpected response: unparsable body", "unexpected response"),
         ("host name not found", "host name not found"),
+        ("not found", "not found"),
         ("connection dropped (ReadError)", "connection failed"),
         ("request failed (DecodingError)", "connection failed"),
     ],

@@ -472,11 +472,15 @@ class _Http11Transport(httpx.AsyncBaseTransport):
             self._requests[key] = head
         return head
 
-    async def aclose(self) -> None:
-        self._closed = True
+    def drop_connection(self) -> None:
+        """Close the kept-alive connection; the next request opens a new one (to its URL's host)."""
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self.drop_connection()
 
 
 def http_transport(
@@ -530,6 +534,22 @@ class TwcClient:
             "write": 5.0,
             "pool": read_timeout_s,
         }
+
+    def retarget(self, base_url: str) -> None:
+        """Ask the unit at ``base_url`` from the next request on (a unit that moved).
+
+        The kept-alive connection to the old address is closed. Call it between requests: the
+        poller, the only caller, never has one in flight when it moves.
+
+        Raises:
+            httpx.InvalidURL: ``base_url`` is no usable URL (the client is left as it was).
+        """
+        prefix = str(httpx.URL(base_url)).rstrip("/") + API_PREFIX
+        self.base_url = base_url
+        self._prefix = prefix
+        self._requests.clear()
+        if isinstance(self._transport, _Http11Transport):
+            self._transport.drop_connection()
 
     async def fetch(self, endpoint: Endpoint | str) -> bytes:
         """GET ``/api/1/<endpoint>`` and return the body bytes.

@@ -152,10 +152,27 @@ class PollingConfig(_Strict):
 _POLLING_KEYS: Final = frozenset(PollingConfig.model_fields)
 
 
-class ConnectorConfig(_Strict):
-    """One Wall Connector to read."""
+# The longest serial number a connector entry may name (real ones are 14 characters).
+MAX_SERIAL_CHARS: Final = 64
 
-    host: str
+
+def http_base_url(host: str) -> str:
+    """A unit's HTTP address from ``host`` or ``host:port``, e.g. ``http://192.168.1.50``.
+
+    Raises:
+        ValueError: the text is no usable host.
+    """
+    address, port = parse_host(host)
+    shown = f"[{address}]" if ":" in address else address
+    return f"http://{shown}" if port == DEFAULT_HTTP_PORT else f"http://{shown}:{port}"
+
+
+class ConnectorConfig(_Strict):
+    """One Wall Connector to read: at its ``host``, or found by its ``serial`` (or both)."""
+
+    host: str | None = None
+    # The unit's serial number: it is followed by it when its address changes ([discovery]).
+    serial: str | None = None
     name: str | None = None
     id: str | None = None
     vitals_s: Seconds | None = None
@@ -185,9 +202,32 @@ class ConnectorConfig(_Strict):
 
     @field_validator("host")
     @classmethod
-    def _valid_host(cls, value: str) -> str:
+    def _valid_host(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         parse_host(value)
         return value.strip()
+
+    @field_validator("serial")
+    @classmethod
+    def _usable_serial(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be blank")
+        if any(ch.isspace() or not ch.isprintable() for ch in value):
+            # It is compared with what units answer and shown in logs and topics.
+            raise ValueError("must not contain spaces, control or formatting characters")
+        if len(value) > MAX_SERIAL_CHARS:
+            raise ValueError(f"must be at most {MAX_SERIAL_CHARS} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _host_or_serial(self) -> Self:
+        if self.host is None and self.serial is None:
+            raise ValueError("give host, serial or both")
+        return self
 
     @field_validator("id")
     @classmethod
@@ -215,16 +255,14 @@ class ConnectorConfig(_Strict):
         return value
 
     @property
-    def address(self) -> tuple[str, int]:
-        """The host and TCP port to connect to."""
-        return parse_host(self.host)
+    def address(self) -> tuple[str, int] | None:
+        """The host and TCP port to connect to; None for a connector found by serial alone."""
+        return None if self.host is None else parse_host(self.host)
 
     @property
-    def base_url(self) -> str:
-        """The unit's HTTP address, e.g. ``http://192.168.1.50``."""
-        host, port = self.address
-        shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}" if port == DEFAULT_HTTP_PORT else f"http://{shown}:{port}"
+    def base_url(self) -> str | None:
+        """The unit's HTTP address, e.g. ``http://192.168.1.50``; None without a host."""
+        return None if self.host is None else http_base_url(self.host)
 
     def configured_id(self) -> str | None:
         """The topic id known before the unit answers: ``id``, else a slug of ``name``."""
@@ -446,6 +484,13 @@ class BridgeConfig(_Strict):
     @model_validator(mode="after")
     def _ids_unique_and_usable(self) -> Self:
         problems = connector_clashes([c.model_dump() for c in self.connectors])
+        if not self.discovery.networks:
+            problems.extend(
+                f"connectors[{index}]: serial without host needs [discovery] networks to find "
+                "the unit in; give host, or set networks"
+                for index, connector in enumerate(self.connectors)
+                if connector.host is None
+            )
         problems.extend(self._group_problems())
         if problems:
             raise ValueError("\n".join(problems))
@@ -486,6 +531,7 @@ def connector_clashes(connectors: list[Any]) -> list[str]:
     problems: list[str] = []
     ids: dict[str, int] = {}
     hosts: dict[tuple[str, int], int] = {}
+    serials: dict[str, int] = {}
     for index, entry in enumerate(connectors):
         if not isinstance(entry, dict):
             continue
@@ -507,6 +553,14 @@ def connector_clashes(connectors: list[Any]) -> list[str]:
                     f"connectors[{index}]: host {entry['host']!r} is already connectors[{first}]"
                 )
             hosts.setdefault(address, index)
+        serial = entry.get("serial")
+        if isinstance(serial, str) and serial.strip():
+            if serial.strip() in serials:
+                problems.append(
+                    f"connectors[{index}]: serial {serial.strip()!r} is already "
+                    f"connectors[{serials[serial.strip()]}]"
+                )
+            serials.setdefault(serial.strip(), index)
     return problems
 
 

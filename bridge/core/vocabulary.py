@@ -24,9 +24,12 @@ Unreachable = Literal[
     "unexpected response",
     "host name not found",
     "connection failed",
+    # No address to ask yet: a unit configured by serial alone, not found in [discovery] networks.
+    "not found",
 ]
-# derived/reachability: "reachable", or why the unit did not answer.
-Reachability = Literal["reachable", Unreachable]
+# derived/reachability: "reachable", why the unit did not answer, or "moved" from a unit found
+# at a new address until its first answer there.
+Reachability = Literal["reachable", "moved", Unreachable]
 
 WIRINGS: Final[tuple[Wiring, ...]] = get_args(Wiring)
 PHASE_MODES: Final[tuple[PhaseMode, ...]] = get_args(PhaseMode)
@@ -35,6 +38,8 @@ ROLES: Final[tuple[Role, ...]] = get_args(Role)
 REACHABILITIES: Final[tuple[Reachability, ...]] = get_args(Reachability)
 UNREACHABLE: Final[tuple[Unreachable, ...]] = get_args(Unreachable)
 REACHABLE: Final[Reachability] = "reachable"
+MOVED: Final[Reachability] = "moved"
+NOT_FOUND: Final[Unreachable] = "not found"
 # What a reason that matches no category counts as.
 CONNECTION_FAILED: Final[Unreachable] = "connection failed"
 

@@ -11,7 +11,7 @@ from typing import Final
 
 from bridge.adapters.mqtt import MqttLink, MqttUnavailableError, WillKeeper
 from bridge.adapters.twc import TwcClient
-from bridge.core.config import BridgeConfig, ConnectorConfig
+from bridge.core.config import BridgeConfig, ConnectorConfig, http_base_url
 from bridge.core.fieldbudget import FieldBudget
 from bridge.core.logtext import escaped
 from bridge.core.models import ENDPOINTS
@@ -46,6 +46,8 @@ from bridge.runtime.statefile import StateFile
 logger = logging.getLogger(__name__)
 
 POLLER_RESTART_DELAY_S: Final = 30.0
+# The client of a unit not found yet starts here: ".invalid" never resolves (RFC 2606).
+NOT_FOUND_URL: Final = "http://not-found.invalid"
 
 
 STATE_FILE_NAME: Final = "state.json"
@@ -56,14 +58,42 @@ START_SLOTS: Final = 10
 
 
 def connector_owner(connector: ConnectorConfig) -> str:
-    """The key that ties announced discovery configs to one config entry across restarts."""
-    return connector.configured_id() or connector.host
+    """The key that ties announced discovery configs to one config entry across restarts.
+
+    Its id, else its configured host, else ``serial:<serial>`` for one found by serial alone.
+    """
+    return connector.configured_id() or connector.host or f"serial:{connector.serial}"
 
 
 def connector_label(connector: ConnectorConfig) -> str:
-    """How a connector is named in log lines: its id or name, and its address."""
+    """How a connector is named in log lines: its id or name, and its address (or serial)."""
     name = connector.configured_id()
-    return f"{name} ({connector.host})" if name else connector.host
+    where = connector.host or f"serial {connector.serial}"
+    return f"{name} ({where})" if name else where
+
+
+def start_address(
+    connector: ConnectorConfig, state_file: StateFile, serial_hint: str | None, label: str
+) -> str | None:
+    """Where a followed unit is first polled: where its serial was last found, else its host.
+
+    ``serial_hint``: the serial its saved energy record was kept with, for a connector that
+    names none. The configured host stays as written; the log line says how to update it.
+    """
+    serial = connector.serial or serial_hint
+    saved = state_file.address_of(serial) if serial is not None else None
+    if saved is None or saved == connector.host:
+        return connector.host
+    configured = f"configured host {connector.host}" if connector.host else "no host configured"
+    logger.info(
+        'unit %s: starting at %s, where it was last found (%s; set host = "%s" to make it '
+        "permanent)",
+        label,
+        saved,
+        configured,
+        saved,
+    )
+    return saved
 
 
 class Bridge:
@@ -130,47 +160,14 @@ class Bridge:
         self.clients: list[TwcClient] = []
         self.pollers_by_id: dict[str, ConnectorPoller] = {}
         self.pollers: list[ConnectorPoller] = []
+        self._clock = clock
         for index, connector in enumerate(config.connectors):
-            polling = connector.polling(config.polling)
             client = make_client(connector)
-            group = config.group_of(connector.configured_id())
-            configured_role: Role = (
-                "standalone"
-                if group is None
-                else "leader"
-                if group.leader == connector.configured_id()
-                else "follower"
-            )
             self.clients.append(client)
-            energy, keeping = self.energy.restore(
-                connector_owner(connector), connector.host, connector_label(connector)
-            )
-            self.pollers.append(
-                ConnectorPoller(
-                    label=connector_label(connector),
-                    configured_id=connector.configured_id(),
-                    base_topic=config.mqtt.base_topic,
-                    polling=polling,
-                    fetcher=client,
-                    outbox=self.outbox,
-                    registry=self.registry,
-                    on_update=self._update_hook(connector),
-                    serial_guard=self._serial_guard(connector),
-                    derivation=UnitDerivation(
-                        connector.phase_mode,
-                        connector.rated_current_a,
-                        configured_role=configured_role,
-                        energy=energy,
-                    ),
-                    start_delay_s=polling.vitals_s * (index % START_SLOTS) / START_SLOTS,
-                    clock=clock,
-                    repeat_summary_s=config.logging.repeat_summary_s,
-                    field_budget=FieldBudget(retire_after_s=config.bridge.field_retire_s),
-                )
-            )
-            self.energy.track(self.pollers[-1], keeping)
+            poller = self._build_poller(index, connector, client)
+            self.pollers.append(poller)
             if (cid := connector.configured_id()) is not None:
-                self.pollers_by_id[cid] = self.pollers[-1]
+                self.pollers_by_id[cid] = poller
         self.groups = GroupTotals(
             pollers_by_id=self.pollers_by_id,
             outbox=self.outbox,
@@ -211,11 +208,66 @@ class Bridge:
             on_connection_lost=self.homie_will.link_lost if self.homie_will else None,
         )
 
+    def _build_poller(
+        self, index: int, connector: ConnectorConfig, client: TwcClient
+    ) -> ConnectorPoller:
+        """The poller of one connector, its energy total restored and kept from now on."""
+        config = self.config
+        polling = connector.polling(config.polling)
+        label = connector_label(connector)
+        group = config.group_of(connector.configured_id())
+        configured_role: Role = (
+            "standalone"
+            if group is None
+            else "leader"
+            if group.leader == connector.configured_id()
+            else "follower"
+        )
+        energy, keeping = self.energy.restore(connector_owner(connector), connector.host, label)
+        following = bool(config.discovery.networks)
+        address = connector.host
+        if following:
+            address = start_address(connector, self.state_file, keeping.serial_hint, label)
+            if address is not None and address != connector.host:
+                client.retarget(http_base_url(address))
+        poller = ConnectorPoller(
+            label=label,
+            configured_id=connector.configured_id(),
+            base_topic=config.mqtt.base_topic,
+            polling=polling,
+            fetcher=client,
+            outbox=self.outbox,
+            registry=self.registry,
+            on_update=self._update_hook(connector),
+            serial_guard=self._serial_guard(connector),
+            derivation=UnitDerivation(
+                connector.phase_mode,
+                connector.rated_current_a,
+                configured_role=configured_role,
+                energy=energy,
+            ),
+            start_delay_s=polling.vitals_s * (index % START_SLOTS) / START_SLOTS,
+            clock=self._clock,
+            repeat_summary_s=config.logging.repeat_summary_s,
+            field_budget=FieldBudget(retire_after_s=config.bridge.field_retire_s),
+            address=address,
+            source_address=connector.source_address,
+            serial=connector.serial,
+            retarget=_retargeter(client),
+            following=following,
+        )
+        self.energy.track(poller, keeping)
+        if connector.serial is not None:
+            # Known before the first answer: the saved total is continued at once.
+            self.energy.continue_saved(poller, connector.serial)
+        return poller
+
     def _update_hook(self, connector: ConnectorConfig) -> Callable[[ConnectorPoller], None]:
         owner = connector_owner(connector)
 
         group = self.config.group_of(connector.configured_id())
-        configuration_url = connector.base_url + "/"  # parsing the address costs ~10 µs a poll
+        # Parsing the address costs ~10 µs a poll: done again only when the unit moved.
+        configuration_urls: dict[str | None, str] = {}
         # What discovery was last built from: the hook runs after every poll, and rebuilding
         # the field lists each time cost more than the rest of the poll.
         seen: list[object] = [None]
@@ -228,6 +280,13 @@ class Bridge:
             if len(poller.attempted) < len(ENDPOINTS):
                 return
             via = self.groups.leader_identifier(poller, group)
+            address = poller.address
+            configuration_url = configuration_urls.get(address)
+            if configuration_url is None:
+                configuration_urls.clear()
+                configuration_url = configuration_urls[address] = (
+                    http_base_url(address) + "/" if address else ""
+                )
             info = unit_info(poller, connector.name, configuration_url, via)
             status = poller.status
             inputs = (
@@ -248,7 +307,9 @@ class Bridge:
 
     def _serial_guard(self, connector: ConnectorConfig) -> Callable[[ConnectorPoller, str], bool]:
         def check(poller: ConnectorPoller, serial: str) -> bool:
-            if not self.identities.claim(poller, serial, connector.host):
+            # Where it answers now: the address book follows a unit that moved.
+            address = poller.address or connector.host or ""
+            if not self.identities.claim(poller, serial, address):
                 return False
             self.energy.continue_saved(poller, serial)
             return True
@@ -326,7 +387,8 @@ class Bridge:
     def _default_client(self, connector: ConnectorConfig) -> TwcClient:
         polling = connector.polling(self.config.polling)
         return TwcClient(
-            connector.base_url,
+            # A unit configured by serial alone is asked nothing until it is found and moved.
+            connector.base_url or NOT_FOUND_URL,
             connect_timeout_s=polling.connect_timeout_s,
             read_timeout_s=polling.read_timeout_s,
             source_address=connector.source_address,
@@ -388,6 +450,13 @@ class Bridge:
             for client in self.clients:
                 await client.aclose()
         logger.info("bridge stopped")
+
+
+def _retargeter(client: TwcClient) -> Callable[[str], None]:
+    def retarget(host: str) -> None:
+        client.retarget(http_base_url(host))
+
+    return retarget
 
 
 async def _supervised(label: str, run: Callable[[], Awaitable[None]]) -> None:

@@ -45,14 +45,18 @@ class EnergyKeeper:
         self._state_file = state_file
         self._kept: dict[int, tuple[ConnectorPoller, EnergyKeeping]] = {}  # by id(poller)
 
-    def restore(self, owner: str, host: str, label: str) -> tuple[SessionEnergy, EnergyKeeping]:
+    def restore(
+        self, owner: str, host: str | None, label: str
+    ) -> tuple[SessionEnergy, EnergyKeeping]:
         """The accumulator to build a connector's poller with, before its first poll.
 
         Restored by connector key: the first ``energy_wh`` published is the saved total even
-        when the unit never tells its serial number.
+        when the unit never tells its serial number. ``host`` None: a connector configured by
+        serial alone, whose saved total :meth:`continue_saved` finds by that serial.
         """
         energy, restored_wh, serial_hint = restored_energy(
-            self._state_file.saved_energy_for_connector(owner, host)
+            # No host is ever "": without one, only the connector key can match.
+            self._state_file.saved_energy_for_connector(owner, host or "")
         )
         if restored_wh:
             logger.info("unit %s: energy total restored: %.0f Wh", label, restored_wh)

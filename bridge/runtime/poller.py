@@ -4,6 +4,10 @@ Requests to one unit never overlap: each is planned at least ``MIN_REQUEST_GAP_S
 previous one was planned, starts at least ``MIN_START_GAP_S`` after it started, and at least
 ``MIN_IDLE_S`` after it ended. This is the only place that retries a unit: after a failure every
 endpoint waits for the backoff delay.
+
+A poller built with ``retarget`` can be moved (the follower finds its unit at a new address):
+``move_to`` switches the next request there at once. Built so without an address, it asks
+nothing and reports its unit "not found" until it is moved somewhere.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Protocol
 
-from bridge.adapters.twc import TwcBadResponseError, TwcError, TwcUnreachableError
+from bridge.adapters.twc import TwcError, TwcUnreachableError
 from bridge.core.backoff import Backoff
-from bridge.core.config import PollingConfig
+from bridge.core.config import PollingConfig, parse_host
+from bridge.core.derived import Event
 from bridge.core.failurelog import DEFAULT_SUMMARY_INTERVAL_S, FailureLog, Report
 from bridge.core.fieldbudget import Admission, FieldBudget
 from bridge.core.logtext import escaped
@@ -34,8 +39,14 @@ from bridge.core.models import (
 from bridge.core.names import id_problem, slugify
 from bridge.core.outbox import Outbox
 from bridge.core.parsing import value_excerpt
-from bridge.core.unit_values import UnitDerivation
-from bridge.core.vocabulary import REACHABLE, reachability, unreachable_reason
+from bridge.core.unit_values import Derived, UnitDerivation
+from bridge.core.vocabulary import (
+    MOVED,
+    NOT_FOUND,
+    REACHABLE,
+    reachability,
+    unreachable_reason,
+)
 from bridge.presentation.publishing import UnitTopics, publish_body, publish_derived
 from bridge.presentation.topics import TopicLayout
 
@@ -118,9 +129,34 @@ class ConnectorPoller:
         start_delay_s: float = 0.0,
         repeat_summary_s: float = DEFAULT_SUMMARY_INTERVAL_S,
         field_budget: FieldBudget | None = None,
+        address: str | None = None,
+        source_address: str | None = None,
+        serial: str | None = None,
+        retarget: Callable[[str], None] | None = None,
+        following: bool = False,
     ) -> None:
-        """``repeat_summary_s``: at most one line per interval about a unit that keeps failing."""
+        """``repeat_summary_s``: at most one line per interval about a unit that keeps failing.
+
+        ``address``: the ``host`` or ``host:port`` the fetcher asks; ``retarget(address)`` points
+        the fetcher elsewhere (given, the poller can be moved; given without ``address``, it waits
+        to be). ``serial``: the configured serial number. ``following``: units are followed by
+        serial, so an address answering with another serial is refused instead of adopted.
+        """
         self.label = label
+        self._address = address
+        self._source_address = source_address
+        self._configured_serial = serial
+        self._retarget = retarget
+        self._following = following
+        self._retarget_pending = False
+        # Bumped by every move: an answer from before a move is not counted for either address.
+        self._moves = 0
+        self._moved_pending = False  # "moved" is shown until the next good answer
+        # After an outage or a move, with following on, version is asked first: the serial
+        # must match before anything is published from that address again.
+        self._verify_serial = following
+        self._sleeper: asyncio.Future[None] | None = None
+        self._woken = False
         self.field_budget = field_budget or FieldBudget()
         self._on_update = on_update
         self._serial_guard = serial_guard
@@ -149,6 +185,11 @@ class ConnectorPoller:
         self._endpoint_backoff: dict[Endpoint, Backoff] = {}
         if configured_id is not None:
             self._adopt_id(configured_id)
+        elif serial is not None and id_problem(slugify(serial)) is None:
+            # The id its answers would give it, known now: a unit not found yet is visible.
+            self._adopt_id(slugify(serial))
+        # When the current outage began; a unit with nowhere to ask is lost from the start.
+        self._failing_since: float | None = clock() if self._waits_to_be_found else None
         # Units of one bridge start spread over an interval, so their requests (and the work on
         # the answers) are spread evenly instead of arriving together every interval.
         now = clock() + start_delay_s
@@ -160,6 +201,101 @@ class ConnectorPoller:
     def topics(self) -> UnitTopics | None:
         """The unit's topics, once its id is known."""
         return self._topics
+
+    @property
+    def wanted_serial(self) -> str | None:
+        """The configured serial number, else the one learned; None: the unit cannot be followed."""
+        return self._configured_serial or self.status.serial
+
+    @property
+    def address(self) -> str | None:
+        """The ``host`` or ``host:port`` polled now; None while a unit has not been found."""
+        return self._address
+
+    @property
+    def source_address(self) -> str | None:
+        """The local address requests to this unit leave from, if one is configured."""
+        return self._source_address
+
+    @property
+    def _waits_to_be_found(self) -> bool:
+        return self._retarget is not None and self._address is None
+
+    def unreachable_since(self) -> float | None:
+        """Clock time the current outage began; None while the unit answers."""
+        return self._failing_since
+
+    def move_to(self, host: str) -> None:
+        """Poll the unit at ``host`` (``host`` or ``host:port``) from the next request on, at once.
+
+        Said in one log line, on ``derived/reachability`` ("moved" until the next good answer)
+        and as a ``moved`` event; topics, entities and the energy total stay as they are.
+        """
+        if self._retarget is None:
+            logger.error("unit %s: cannot be moved (its client is fixed)", self.label)
+            return
+        try:
+            parse_host(host)
+        except ValueError as error:
+            logger.warning("unit %s: not moved to %s: %s", self.label, escaped(host), error)
+            return
+        previous = self._address
+        if host == previous:
+            return
+        self._address = host
+        self._moves += 1
+        self._retarget_pending = True
+        self._moved_pending = True
+        self._verify_serial = self._following
+        self._backoff.reset()
+        now = self._clock()
+        self._failing_since = now  # a fresh start at the new address
+        self._not_before = now
+        self._due["version"] = min(self._due.values())  # the serial is checked first
+        serial = escaped(self.wanted_serial) if self.wanted_serial else "unknown"
+        permanent = f'to make it permanent set host = "{host}"'
+        if previous is None:
+            logger.info("unit %s (serial %s) found at %s; %s", self.label, serial, host, permanent)
+        else:
+            logger.info(
+                "unit %s (serial %s) moved from %s to %s; topics, entities and energy total "
+                "kept; %s",
+                self.label,
+                serial,
+                previous,
+                host,
+                permanent,
+            )
+        if self._topics is not None:
+            self.status.derived["reachability"] = MOVED
+            self._outbox.put(self._topics.derived("reachability"), MOVED)
+            moved = Event("moved", {"from": previous, "to": host})
+            publish_derived(self._outbox, self._topics, Derived(events=[moved]), self._wall_clock())
+        self._wake()
+
+    def _wake(self) -> None:
+        sleeper = self._sleeper
+        if sleeper is not None and not sleeper.done():
+            self._woken = True
+            sleeper.cancel()
+
+    async def _wait(self, delay: float) -> bool:
+        """Sleep ``delay``; False when a move cut it short (what is due has changed)."""
+        if self._retarget is None or (self.status.failure_streak == 0 and self._address):
+            # Only a unit in trouble is moved: a healthy one's sleep costs no task.
+            await self._sleep(delay)
+            return True
+        sleeper = self._sleeper = asyncio.ensure_future(self._sleep(delay))
+        try:
+            await sleeper
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not self._woken or (current is not None and current.cancelling()):
+                raise
+        finally:
+            self._sleeper = None
+        woken, self._woken = self._woken, False
+        return not woken
 
     def _adopt_id(self, unit_id: str) -> bool:
         owner = self._registry.claim(unit_id, self.label)
@@ -187,6 +323,9 @@ class ConnectorPoller:
 
     def next_request(self) -> tuple[Endpoint, float]:
         """The endpoint to read next and the monotonic time to read it at."""
+        if self._verify_serial:
+            # Who answers at this address is checked before anything else is read from it.
+            return "version", max(min(self._due.values()), self._not_before)
         endpoint = min(ENDPOINTS, key=lambda name: (self._due[name], _PRIORITY[name]))
         return endpoint, max(self._due[endpoint], self._not_before)
 
@@ -199,31 +338,63 @@ class ConnectorPoller:
         """Wait for the next due request, make it, and record the outcome."""
         endpoint, planned = self.next_request()
         delay = planned - self._clock()
-        if delay > 0:
-            await self._sleep(delay)
+        if delay > 0 and not await self._wait(delay):
+            return  # moved while waiting: plan again for the new address
         started = self._clock()
-        self.requests_made += 1
+        if self._waits_to_be_found:
+            # Nothing can be asked until it is found: startup is not held up by it.
+            self.attempted.update(ENDPOINTS)
+            self._unit_failed(endpoint, NOT_FOUND, asked=False)
+            return
         self.attempted.add(endpoint)
+        if self._retarget_pending and self._retarget is not None and self._address is not None:
+            self._retarget_pending = False
+            self._retarget(self._address)
+        self.requests_made += 1
+        moves = self._moves
+        outcome: ParsedBody | TwcError | ParseError
         try:
-            raw = await self._fetcher.fetch(endpoint)
-            parsed = parse_endpoint(endpoint, raw)
-        except TwcUnreachableError as error:
-            self._unit_failed(endpoint, error.reason)
-        except TwcBadResponseError as error:
-            self._bad_answer(endpoint, error.reason, error)
-        except ParseError as error:
-            self.status.parse_errors += 1
-            self._publish_counters()
-            self._bad_answer(
-                endpoint, unreachable_reason("unexpected response", "unparsable body"), error
-            )
-        else:
-            self._succeeded(parsed, planned)
+            outcome = parse_endpoint(endpoint, await self._fetcher.fetch(endpoint))
+        except (TwcError, ParseError) as error:
+            outcome = error
+        if moves != self._moves:
+            return  # the old address answered (or not): that says nothing about the new one
+        self._record(endpoint, outcome, planned)
         self._not_before = max(
             self._not_before,
             planned + MIN_REQUEST_GAP_S,
             started + MIN_START_GAP_S,
             self._clock() + MIN_IDLE_S,
+        )
+
+    def _record(
+        self, endpoint: Endpoint, outcome: ParsedBody | TwcError | ParseError, planned: float
+    ) -> None:
+        if isinstance(outcome, TwcUnreachableError):
+            self._unit_failed(endpoint, outcome.reason)
+        elif isinstance(outcome, TwcError):
+            self._bad_answer(endpoint, outcome.reason, outcome)
+        elif isinstance(outcome, ParseError):
+            self.status.parse_errors += 1
+            self._publish_counters()
+            self._bad_answer(
+                endpoint, unreachable_reason("unexpected response", "unparsable body"), outcome
+            )
+        elif (refusal := self._refusal(outcome)) is not None:
+            self._unit_failed(endpoint, refusal)
+        else:
+            self._succeeded(outcome, planned)
+
+    def _refusal(self, parsed: ParsedBody) -> str | None:
+        """Why an answer is not this unit's: another serial where this one is followed."""
+        if not isinstance(parsed.model, Version):
+            return None
+        serial, wanted = parsed.model.serial_number, self.wanted_serial
+        if not self._following or not serial or wanted is None or serial == wanted:
+            return None
+        return unreachable_reason(
+            "unexpected response",
+            f"another Wall Connector (serial {escaped(serial)}) answers here",
         )
 
     def _bad_answer(self, endpoint: Endpoint, reason: str, error: TwcError | ParseError) -> None:
@@ -242,11 +413,16 @@ class ConnectorPoller:
         backoff = self._endpoint_backoff.setdefault(endpoint, self._backoff.fresh())
         self._due[endpoint] = self._clock() + backoff.next_delay()
 
-    def _unit_failed(self, endpoint: Endpoint, reason: str) -> None:
+    def _unit_failed(self, endpoint: Endpoint, reason: str, *, asked: bool = True) -> None:
+        """One more failure in a row; ``asked``: a request was made (not so for "not found")."""
         status = self.status
         status.failure_streak += 1
-        status.failed_requests += 1
+        if asked:
+            status.failed_requests += 1
         status.last_error = f"{endpoint}: {reason}"
+        if self._failing_since is None:
+            self._failing_since = self._clock()
+        self._verify_serial = self._following
         delay = self._backoff.next_delay()
         self._not_before = self._clock() + delay
         logger.debug(
@@ -259,7 +435,7 @@ class ConnectorPoller:
                 self._log_outages(report)
             if self._topics is not None:
                 self._outbox.put(self._topics.availability, "offline")
-        if status.online is False and self._topics is not None:
+        if status.online is False and self._topics is not None and not self._moved_pending:
             status.derived["reachability"] = reachability(reason)
             self._outbox.put(self._topics.derived("reachability"), reachability(reason))
         self._publish_counters()
@@ -272,6 +448,10 @@ class ConnectorPoller:
         if answers is not None:
             self._log_answers(endpoint, answers)
         status.failure_streak = 0
+        self._failing_since = None
+        self._moved_pending = False
+        if endpoint == "version":
+            self._verify_serial = False
         self._backoff.reset()
         self._endpoint_backoff.pop(endpoint, None)
         status.last_bodies[endpoint] = parsed

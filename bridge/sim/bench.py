@@ -72,7 +72,7 @@ from bridge.core.config import (
 from bridge.core.models import Endpoint
 from bridge.core.outbox import Message, Outbox
 from bridge.presentation.topics import TopicLayout
-from bridge.runtime.app import START_SLOTS, Bridge
+from bridge.runtime.app import NOT_FOUND_URL, START_SLOTS, Bridge
 from bridge.sim.baseline import peak_rss_mb
 
 LONG_INTERVAL_S: Final = 3600.0
@@ -283,7 +283,9 @@ async def run_bridge_subject(spec: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="twc3-bench-") as data_dir:
         bridge = Bridge(
             _bridge_config(spec, Path(data_dir)),
-            client_factory=lambda c: _CountingClient(c.base_url, counts, connect_to),
+            client_factory=lambda c: _CountingClient(
+                c.base_url or NOT_FOUND_URL, counts, connect_to
+            ),
             freeze_heap_when_settled=True,  # as twc3-bridge run does
         )
         _count_sent(bridge.outbox, counts)

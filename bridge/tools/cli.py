@@ -81,7 +81,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     layout = TopicLayout(mqtt.base_topic)
     for connector in config.connectors:
         topic_id = connector.configured_id() or "(serial number, once the unit answers)"
-        print(f"  connector {connector.host}: topics {layout.unit(topic_id)}/…")
+        where = connector.host or f"serial {connector.serial} (found in [discovery] networks)"
+        print(f"  connector {where}: topics {layout.unit(topic_id)}/…")
     _check_discovery(config)
     return EXIT_OK
 
@@ -181,7 +182,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         base_topic = config.mqtt.base_topic
         configured_id = next(
-            (c.configured_id() for c in config.connectors if _same_host(c.host, args.host)), None
+            (
+                c.configured_id()
+                for c in config.connectors
+                if c.host is not None and _same_host(c.host, args.host)
+            ),
+            None,
         )
     return asyncio.run(
         probe(
