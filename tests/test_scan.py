@@ -19,6 +19,7 @@ import pytest
 import bridge.tools.scan as scan_module
 from bridge.adapters.twc import TwcClient
 from bridge.core.config import CONFIG_ENV, PASSWORD_ENV, ConnectorConfig, load_config
+from bridge.presentation.connector_block import connector_id, render_block
 from bridge.sim.simulator import SimulatedUnit, UnitServer
 from bridge.tools import cli
 from bridge.tools.exitcodes import EXIT_USAGE
@@ -27,11 +28,9 @@ from bridge.tools.scan import (
     Found,
     ScanReport,
     check_options,
-    connector_id,
     host_count,
     identify,
     parse_network,
-    render_block,
     render_blocks,
     scan,
     summary,
