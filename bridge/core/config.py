@@ -316,6 +316,16 @@ class BridgeSection(_Strict):
         return value
 
 
+# MERGE: a minimal stand-in for helper SEARCH's DiscoveryConfig (issue 18); keep SEARCH's full
+# version (port, search_after_s, search_every_s, concurrency, timeout_s, network checks).
+class DiscoveryConfig(_Strict):
+    """Looking for Wall Connectors in local networks (stand-in: the two keys new units need)."""
+
+    networks: list[str] = Field(default_factory=list)
+    # A unit found that no connector claims is published like a configured one.
+    add_new: bool = False
+
+
 class GroupConfig(_Strict):
     """A power-sharing group: one leader on the home network and its followers."""
 
@@ -387,6 +397,7 @@ class BridgeConfig(_Strict):
     homie: HomieConfig = HomieConfig()
     polling: PollingConfig = PollingConfig()
     logging: LoggingConfig = LoggingConfig()
+    discovery: DiscoveryConfig = DiscoveryConfig()  # MERGE: SEARCH's field wins
     connectors: list[ConnectorConfig] = Field(default_factory=list)
     groups: list[GroupConfig] = Field(default_factory=list)
 
