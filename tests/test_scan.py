@@ -20,6 +20,7 @@ import bridge.adapters.survey as survey_module
 import bridge.tools.scan as scan_module
 from bridge.adapters.twc import TwcClient
 from bridge.core.config import CONFIG_ENV, PASSWORD_ENV, ConnectorConfig, load_config
+from bridge.presentation.connector_block import connector_id, render_block
 from bridge.sim.simulator import SimulatedUnit, UnitServer
 from bridge.tools import cli
 from bridge.tools.exitcodes import EXIT_USAGE
@@ -28,11 +29,9 @@ from bridge.tools.scan import (
     Found,
     ScanReport,
     check_options,
-    connector_id,
     host_count,
     identify,
     parse_network,
-    render_block,
     render_blocks,
     scan,
     summary,

@@ -80,7 +80,7 @@ def test_missing_file_loads_empty_quietly(tmp_path: Path, caplog: pytest.LogCapt
         ("[]", "holds no JSON object"),
         ("null", "holds no JSON object"),
         ('"text"', "holds no JSON object"),
-        ('{"version": 4, "energy": []}', "has version 4, unknown to this bridge"),
+        ('{"version": 5, "energy": []}', "has version 5, unknown to this bridge"),
         ('{"version": "2"}', "has a version that is no number"),
         ('{"version": true}', "has a version that is no number"),
         ('{"version": 0}', "has version 0"),
@@ -646,7 +646,7 @@ def test_what_a_write_takes_is_a_copy_later_changes_do_not_reach(tmp_path: Path)
 def test_older_files_migrate_quietly_with_no_published_ids(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, version: int | None
 ) -> None:
-    """Versions 1 and 2 had no published ids: read without a warning, written back as version 3."""
+    """Versions 1 and 2 had no published ids: read without a warning, written back as current."""
     caplog.set_level(logging.INFO, logger=LOGGER)
     data: dict[str, Any] = {"addresses": {"S1": "10.0.0.1"}}
     if version is not None:
@@ -660,7 +660,7 @@ def test_older_files_migrate_quietly_with_no_published_ids(
     state.keep_published("garage", "garage")
     assert state.flush()
     on_disk = _on_disk(state)
-    assert on_disk["version"] == STATE_VERSION == 3
+    assert on_disk["version"] == STATE_VERSION
     assert on_disk["published"] == {"garage": "garage"}
     assert on_disk["addresses"] == {"S1": "10.0.0.1"}
     SavedState.model_validate(on_disk)
@@ -710,3 +710,96 @@ def test_a_damaged_published_section_keeps_its_valid_ids_and_never_a_wildcard(
     assert state.address_of("S1") == "10.0.0.1"
     (message,) = _messages(caplog, logging.WARNING)
     assert problem in message
+
+
+# --- units found and added (version 4) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [None, 1, 2, 3])
+def test_older_files_migrate_quietly_with_no_found_units(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, version: int | None
+) -> None:
+    """Versions 1 to 3 had no found units: read without a warning, written back as version 4."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    data: dict[str, Any] = {"addresses": {"S1": "10.0.0.1"}}
+    if version is not None:
+        data["version"] = version
+    if version == 3:
+        data["published"] = {"garage": "garage"}
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    state = StateFile(path)
+    assert state.found_units() == {}
+    assert state.address_of("S1") == "10.0.0.1"
+    assert _messages(caplog, logging.WARNING) == []
+    state.keep_found_unit("S9", "10.0.0.9")
+    assert state.flush()
+    on_disk = _on_disk(state)
+    assert on_disk["version"] == STATE_VERSION == 4
+    assert on_disk["found_units"] == {"S9": "10.0.0.9"}
+    assert on_disk["addresses"] == {"S1": "10.0.0.1"}
+    assert on_disk["published"] == ({"garage": "garage"} if version == 3 else {})
+    SavedState.model_validate(on_disk)
+
+
+def test_found_units_survive_a_restart_and_forgetting_one_is_saved(tmp_path: Path) -> None:
+    """Found units come back after a restart; a moved one keeps its new host; forgetting saves."""
+    path = tmp_path / "state.json"
+    state = StateFile(path)
+    state.keep_found_unit("S1", "10.0.0.1")
+    state.keep_found_unit("S2", "[fe80::2]:8080")
+    assert state.flush()
+    again = StateFile(path)
+    assert again.found_units() == {"S1": "10.0.0.1", "S2": "[fe80::2]:8080"}
+    assert not again.dirty
+    again.keep_found_unit("S1", "10.0.0.1")
+    assert not again.dirty  # nothing new
+    again.keep_found_unit("S1", "10.0.0.7")
+    again.forget_found_unit("S2")
+    again.forget_found_unit("S3")  # never added: nothing happens
+    assert again.dirty
+    assert again.flush()
+    assert StateFile(path).found_units() == {"S1": "10.0.0.7"}
+
+
+@pytest.mark.parametrize(
+    ("section", "kept", "problem"),
+    [
+        ("not an object", {}, "found unit is not an object; dropped"),
+        (["S1", "10.0.0.1"], {}, "found unit is not an object; dropped"),
+        ({"S1": 5, "": "10.0.0.2", "S3": "10.0.0.3"}, {"S3": "10.0.0.3"}, "2 invalid found unit"),
+        (
+            {"S1": "http://10.0.0.1/", "S2": "a b", "S3": "10.0.0.3:99999", "S4": "wc.local:81"},
+            {"S4": "wc.local:81"},
+            "3 invalid found unit entries dropped",
+        ),
+    ],
+)
+def test_a_damaged_found_units_section_keeps_its_valid_entries(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    section: object,
+    kept: dict[str, str],
+    problem: str,
+) -> None:
+    """A host becomes a connector's address at start: only entries that are a host load."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    path = tmp_path / "state.json"
+    data = {"version": 4, "addresses": {"S1": "10.0.0.1"}, "found_units": section}
+    path.write_text(json.dumps(data), encoding="utf-8")
+    state = StateFile(path)
+    assert state.found_units() == kept
+    assert state.address_of("S1") == "10.0.0.1"
+    (message,) = _messages(caplog, logging.WARNING)
+    assert problem in message
+    assert "starting with its valid part" in message
+
+
+def test_parse_state_reads_found_units_and_refuses_unknown_keys() -> None:
+    """The pure reader: the section is read; a misspelt key is reported, not kept."""
+    loaded, problems = parse_state(
+        {"version": 4, "found_units": {"S1": "10.0.0.1"}, "found_unit": {"S2": "10.0.0.2"}},
+        PREFIX,
+    )
+    assert loaded.found_units == {"S1": "10.0.0.1"}
+    assert problems == ["unknown key 'found_unit' dropped"]

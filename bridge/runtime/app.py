@@ -9,16 +9,20 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
+from pydantic import ValidationError
+
 from bridge.adapters.mqtt import MqttLink, MqttUnavailableError, WillKeeper
 from bridge.adapters.twc import TwcClient
 from bridge.core.config import BridgeConfig, ConnectorConfig, http_base_url
 from bridge.core.fieldbudget import FieldBudget
 from bridge.core.logtext import escaped
 from bridge.core.models import ENDPOINTS
+from bridge.core.names import id_problem, slugify
 from bridge.core.outbox import Outbox
 from bridge.core.twins import TwinWatch, new_run_token
 from bridge.core.unit_values import UnitDerivation
 from bridge.core.vocabulary import Role
+from bridge.presentation.connector_block import FoundUnit, connector_id, render_block, unit_names
 from bridge.presentation.discovery import Site
 from bridge.presentation.homie import HomiePublisher
 from bridge.presentation.topics import TopicLayout
@@ -30,6 +34,7 @@ from bridge.runtime.announce import (
     unit_info,
 )
 from bridge.runtime.energy import EnergyKeeper
+from bridge.runtime.follow import Follower
 from bridge.runtime.ghosts import (
     Ghost,
     clear_ghosts,
@@ -96,6 +101,26 @@ def start_address(
     return saved
 
 
+def found_label(connector: ConnectorConfig) -> str:
+    """How a unit added because it was found is named in log lines: it says it was found."""
+    return f"{connector.configured_id()} (found at {connector.host})"
+
+
+def found_connector(serial: str, host: str) -> ConnectorConfig | None:
+    """The connector entry a unit found at ``host`` is polled as: its serial's slug is its id.
+
+    ``None`` when the serial gives no usable topic id or ``host`` is no host; such a unit is
+    only suggested in the log, for its owner to add with an id of their choice.
+    """
+    unit_id = slugify(serial)
+    if id_problem(unit_id) is not None:
+        return None
+    try:
+        return ConnectorConfig(host=host, id=unit_id, serial=serial)
+    except ValidationError:
+        return None
+
+
 class Bridge:
     """Everything one bridge process runs; state here outlives broker reconnects."""
 
@@ -127,47 +152,53 @@ class Bridge:
             prefix=ha.discovery_prefix,
             base_topic=config.mqtt.base_topic,
             instance=config.bridge.instance,
+            searching=bool(config.discovery.networks),
         )
         self.state_file = StateFile(config.bridge.data_dir / STATE_FILE_NAME, ha.discovery_prefix)
-        owners = {connector_owner(c) for c in config.connectors}
-        configured_ids = {cid for c in config.connectors if (cid := c.configured_id())}
-        # Ids published before by connectors no longer configured (renamed or removed).
-        self.ghosts = ghost_ids(self.state_file.published_units(), configured_ids, owners)
-        announced = self.state_file.announced_topics()
-        self.ghost_targets = [
-            Ghost(
-                unit_id,
-                discovery_topics_of(announced, owner),
-                homie_node_of(unit_id, configured_ids) if config.homie.enabled else None,
-                clear_discovery=False,  # the announcer's start removes them
-            )
-            for unit_id, owner in sorted(self.ghosts.items())
-        ]
+        # Serial numbers the configuration claims: given, or learned by a connector before.
+        self._configured_serials = self._serials_of(config.connectors)
+        self._suggested: set[str] = set()  # serials whose block was logged in this run
+        # Units added because they were found (serial -> poller), restored first from the file.
+        self.found_pollers: dict[str, ConnectorPoller] = {}
+        self._found_connectors = self._restored_found_units()
+        connectors = [*config.connectors, *(c for _, c in self._found_connectors)]
+        owners = {connector_owner(c) for c in connectors}
+        configured_ids = {cid for c in connectors if (cid := c.configured_id())}
+        self.ghosts, self.ghost_targets = self._find_ghosts(configured_ids, owners)
         kept_owners = set() if config.bridge.clean_removed else set(self.ghosts.values())
         for cid in configured_ids:
             self.state_file.keep_published(cid, cid)
+        # The announcer keeps this set: a unit found later is added to it.
+        self._announced_owners = (
+            owners | kept_owners | {f"group:{g.group_id}" for g in config.groups}
+        )
         self.announcer = Announcer(
-            self.site,
-            ha.discovery,
-            self.outbox,
-            self.state_file,
-            owners | kept_owners | {f"group:{g.group_id}" for g in config.groups},
+            self.site, ha.discovery, self.outbox, self.state_file, self._announced_owners
         )
         self.reannouncer = Reannouncer(self.outbox, first_prefix=f"{ha.discovery_prefix}/")
         self.energy = EnergyKeeper(self.state_file)
         self.identities = UnitIdentities(self.state_file)
-        make_client = client_factory or self._default_client
+        self._make_client = client_factory or self._default_client
+        self._clock = clock
         self.clients: list[TwcClient] = []
         self.pollers_by_id: dict[str, ConnectorPoller] = {}
         self.pollers: list[ConnectorPoller] = []
-        self._clock = clock
-        for index, connector in enumerate(config.connectors):
-            client = make_client(connector)
-            self.clients.append(client)
-            poller = self._build_poller(index, connector, client)
-            self.pollers.append(poller)
-            if (cid := connector.configured_id()) is not None:
-                self.pollers_by_id[cid] = poller
+        self._build_pollers()
+        # The running TaskGroup, so a unit found later starts polling in it (see add_found_unit).
+        self._tasks: asyncio.TaskGroup | None = None
+        self._poller_tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.follower: Follower | None = None
+        if config.discovery.networks:
+            self.follower = Follower(
+                config.discovery,
+                units=lambda: self.pollers,
+                outbox=self.outbox,
+                layout=self.layout,
+                state_file=self.state_file,
+                on_unclaimed=self.add_found_unit,
+                clock=clock,
+            )
         self.groups = GroupTotals(
             pollers_by_id=self.pollers_by_id,
             outbox=self.outbox,
@@ -208,13 +239,48 @@ class Bridge:
             on_connection_lost=self.homie_will.link_lost if self.homie_will else None,
         )
 
-    def _build_poller(
-        self, index: int, connector: ConnectorConfig, client: TwcClient
-    ) -> ConnectorPoller:
-        """The poller of one connector, its energy total restored and kept from now on."""
+    def _find_ghosts(
+        self, configured_ids: set[str], owners: set[str]
+    ) -> tuple[dict[str, str], list[Ghost]]:
+        """Ids published before by connectors no longer configured (renamed or removed)."""
+        ghosts = ghost_ids(self.state_file.published_units(), configured_ids, owners)
+        announced = self.state_file.announced_topics()
+        targets = [
+            Ghost(
+                unit_id,
+                discovery_topics_of(announced, owner),
+                homie_node_of(unit_id, configured_ids) if self.config.homie.enabled else None,
+                clear_discovery=False,  # the announcer's start removes them
+            )
+            for unit_id, owner in sorted(ghosts.items())
+        ]
+        return ghosts, targets
+
+    def _build_pollers(self) -> None:
+        """The configured connectors' pollers, then those of the found units restored."""
         config = self.config
-        polling = connector.polling(config.polling)
-        label = connector_label(connector)
+        for index, connector in enumerate(config.connectors):
+            polling = connector.polling(config.polling)
+            self._add_poller(
+                connector,
+                connector_label(connector),
+                start_delay_s=polling.vitals_s * (index % START_SLOTS) / START_SLOTS,
+            )
+        for index, (serial, connector) in enumerate(
+            self._found_connectors, start=len(config.connectors)
+        ):
+            polling = connector.polling(config.polling)
+            self.found_pollers[serial] = self._add_poller(
+                connector,
+                found_label(connector),
+                start_delay_s=polling.vitals_s * (index % START_SLOTS) / START_SLOTS,
+            )
+
+    def _add_poller(
+        self, connector: ConnectorConfig, label: str, *, start_delay_s: float
+    ) -> ConnectorPoller:
+        """Build ``connector``'s client and poller (energy restored) and list them."""
+        config = self.config
         group = config.group_of(connector.configured_id())
         configured_role: Role = (
             "standalone"
@@ -223,6 +289,8 @@ class Bridge:
             if group.leader == connector.configured_id()
             else "follower"
         )
+        client = self._make_client(connector)
+        self.clients.append(client)
         energy, keeping = self.energy.restore(connector_owner(connector), connector.host, label)
         following = bool(config.discovery.networks)
         address = connector.host
@@ -234,7 +302,7 @@ class Bridge:
             label=label,
             configured_id=connector.configured_id(),
             base_topic=config.mqtt.base_topic,
-            polling=polling,
+            polling=connector.polling(config.polling),
             fetcher=client,
             outbox=self.outbox,
             registry=self.registry,
@@ -246,7 +314,7 @@ class Bridge:
                 configured_role=configured_role,
                 energy=energy,
             ),
-            start_delay_s=polling.vitals_s * (index % START_SLOTS) / START_SLOTS,
+            start_delay_s=start_delay_s,
             clock=self._clock,
             repeat_summary_s=config.logging.repeat_summary_s,
             field_budget=FieldBudget(retire_after_s=config.bridge.field_retire_s),
@@ -256,11 +324,140 @@ class Bridge:
             retarget=_retargeter(client),
             following=following,
         )
+        self.pollers.append(poller)
         self.energy.track(poller, keeping)
         if connector.serial is not None:
             # Known before the first answer: the saved total is continued at once.
             self.energy.continue_saved(poller, connector.serial)
+        if (cid := connector.configured_id()) is not None:
+            self.pollers_by_id[cid] = poller
         return poller
+
+    # --- units found in the networks ---------------------------------------------------------
+
+    def _serials_of(self, connectors: list[ConnectorConfig]) -> set[str]:
+        """The serial numbers these connectors stand for: given, or learned in an earlier run.
+
+        Learned ones are saved with the energy total, so a unit not answering yet is no stranger.
+        """
+        serials: set[str] = set()
+        for connector in connectors:
+            if connector.serial:
+                serials.add(connector.serial)
+            record = self.state_file.saved_energy_for_connector(
+                connector_owner(connector), connector.host or ""
+            )
+            if record is not None and record.serial is not None:
+                serials.add(record.serial)
+        return serials
+
+    def _restored_found_units(self) -> list[tuple[str, ConnectorConfig]]:
+        """The units added in earlier runs (``[discovery] add_new``), at their last address.
+
+        A unit the configuration claims now is no longer a found one, and is forgotten.
+        """
+        if not self.config.discovery.add_new:
+            return []  # kept in the file: they come back if add_new is turned on again
+        restored: list[tuple[str, ConnectorConfig]] = []
+        for serial, found_at in sorted(self.state_file.found_units().items()):
+            if serial in self._configured_serials:
+                self.state_file.forget_found_unit(serial)
+                continue
+            last = self.state_file.address_of(serial)
+            connector = (found_connector(serial, last) if last else None) or found_connector(
+                serial, found_at
+            )
+            if connector is None or connector.configured_id() is None:
+                continue  # pragma: no cover - the file's hosts and serials were checked on load
+            unit_id = str(connector.configured_id())
+            owner = self.registry.claim(unit_id, found_label(connector))
+            if owner is not None:
+                logger.error(
+                    "Wall Connector %s, added when it was found, is not restored: its id %s is "
+                    "used by %s now",
+                    escaped(serial),
+                    unit_id,
+                    owner,
+                )
+                continue
+            restored.append((serial, connector))
+        return restored
+
+    def _claimed_serials(self) -> set[str]:
+        """Every serial number a poller stands for now: configured, learned or found."""
+        learned = {p.status.serial for p in self.pollers if p.status.serial is not None}
+        return self._configured_serials | learned | set(self.found_pollers)
+
+    def add_found_unit(self, found: FoundUnit) -> None:
+        """Publish a unit found in the networks that no connector claims, if ``add_new`` says so.
+
+        Added: polled, published and announced like a configured connector (id: its serial's
+        slug), started at once when the bridge runs, and remembered in the state file so the
+        next start polls it too. Not added: its ready-to-paste ``[[connectors]]`` block is logged,
+        once per serial number and run. A serial already claimed does nothing.
+        """
+        serial = found.serial
+        if serial in self._claimed_serials():
+            return
+        connector = found_connector(serial, found.host) if self.config.discovery.add_new else None
+        if connector is None:
+            self._suggest(found)
+            return
+        unit_id = str(connector.configured_id())
+        label = found_label(connector)
+        owner = self.registry.claim(unit_id, label)
+        if owner is not None:
+            if serial not in self._suggested:
+                self._suggested.add(serial)
+                logger.error(
+                    "Wall Connector %s found at %s is not added: its id %s is used by %s",
+                    escaped(serial),
+                    found.host,
+                    unit_id,
+                    owner,
+                )
+            return
+        poller = self._add_poller(connector, label, start_delay_s=0.0)
+        self.found_pollers[serial] = poller
+        self._announced_owners.add(connector_owner(connector))
+        self.state_file.keep_found_unit(serial, found.host)
+        self.state_file.keep_published(unit_id, connector_owner(connector))
+        logger.info(
+            "Wall Connector %s found at %s and added as %s ([discovery] add_new)",
+            escaped(serial),
+            found.host,
+            unit_id,
+        )
+        if self._tasks is not None and not self._stopping:
+            self._poller_tasks.append(self._start(poller))
+
+    def _suggest(self, found: FoundUnit) -> None:
+        """Log the unit's ``[[connectors]]`` block, once per serial number and run."""
+        if found.serial in self._suggested:
+            return
+        self._suggested.add(found.serial)
+        if self.config.discovery.add_new:
+            reason = "its serial number gives no usable topic id, so it is not added"
+        else:
+            reason = "to publish it, add this block to the configuration file"
+        logger.info(
+            "Wall Connector %s found at %s is not configured; %s:",
+            escaped(found.serial),
+            found.host,
+            reason,
+        )
+        # One record per line: the log's formatter keeps each record on one line, and a block
+        # on lines of its own is what can be pasted. The block is TOML-escaped device text.
+        name = unit_names([found])[0]
+        for line in render_block(found, name=name, topic_id=connector_id(found)).splitlines():
+            logger.info("%s", line)
+
+    def _start(self, poller: ConnectorPoller) -> asyncio.Task[None]:
+        if self._tasks is None:  # pragma: no cover - called only while running
+            raise RuntimeError("the bridge is not running")
+        return self._tasks.create_task(
+            _supervised(poller.label, poller.run), name=f"poll {poller.label}"
+        )
 
     def _update_hook(self, connector: ConnectorConfig) -> Callable[[ConnectorPoller], None]:
         owner = connector_owner(connector)
@@ -409,6 +606,7 @@ class Bridge:
             self.homie.start()
         try:
             async with asyncio.TaskGroup() as group:
+                self._tasks = group
                 link_task = group.create_task(self.link.run(stop), name="mqtt-link")
                 if self.homie_will is not None:
                     group.create_task(self.homie_will.run(stop), name="homie-will")
@@ -430,12 +628,15 @@ class Bridge:
                 )
                 settle_task = group.create_task(self._settle_heap(), name="settle-heap")
                 ghosts_task = group.create_task(self.clean_removed(), name="clean-removed")
-                poller_tasks = [
-                    group.create_task(_supervised(p.label, p.run), name=f"poll {p.label}")
-                    for p in self.pollers
-                ]
+                self._poller_tasks = [self._start(p) for p in self.pollers]
+                follow_task = (
+                    group.create_task(self.follower.run(), name="follow")
+                    if self.follower is not None
+                    else None
+                )
                 await stop.wait()
-                for task in poller_tasks:
+                self._stopping = True  # no unit found from now on starts polling
+                for task in self._poller_tasks:
                     task.cancel()
                 reannounce_task.cancel()
                 migration_task.cancel()
@@ -443,8 +644,11 @@ class Bridge:
                 housekeeping_task.cancel()
                 settle_task.cancel()
                 ghosts_task.cancel()
+                if follow_task is not None:
+                    follow_task.cancel()
                 await link_task
         finally:
+            self._tasks = None
             self.save_energy()
             self.state_file.flush()
             for client in self.clients:

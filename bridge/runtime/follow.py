@@ -122,14 +122,21 @@ class Follower:
         self._plans: dict[int, SearchPlan] = {}
         self._lock = asyncio.Lock()
         self.counters = SearchCounters()
+        # With ``add_new`` the networks are also searched for new units: at start, then at most
+        # once per ``search_every_s``, whether or not a unit is lost.
+        self._next_new_search: float | None = clock() if config.add_new else None
 
     async def run(self) -> None:
         """Check for due units every second, search when one is; ends when cancelled."""
         self._publish_counters()
         while True:
-            if self.due_units(self._clock()):
+            if self.due_units(self._clock()) or self.new_units_due(self._clock()):
                 await self.search()
             await self._sleep(CHECK_EVERY_S)
+
+    def new_units_due(self, now: float) -> bool:
+        """Whether ``add_new`` asks for a search for new units now."""
+        return self._next_new_search is not None and now >= self._next_new_search
 
     def _plan(self, unit: FollowedUnit) -> SearchPlan:
         plan = self._plans.get(id(unit))
@@ -156,7 +163,9 @@ class Follower:
             due = self.due_units(self._clock())
             for unit in due:
                 self._plan(unit).searched(self._clock())
-            sought = ", ".join(unit.label for unit in due) or "no unit in particular"
+            if self._next_new_search is not None:
+                self._next_new_search = self._clock() + self._config.search_every_s
+            sought = ", ".join(unit.label for unit in due) or "new units"
             found: list[Found] = []
             asked = 0
             sources = [unit.source_address for unit in self._units()]

@@ -3,8 +3,10 @@
 An id is a ghost when the bridge published it before (the state file records each id and the
 connector key that published it) and neither the id nor that connector is configured now: a
 renamed or removed connector. A unit named by its serial number whose connector is still
-configured is no ghost, even before it is polled again. Which topics to clear is decided by pure
-functions; :func:`clear_ghosts` does the network part for the bridge's start and for ``forget``.
+configured is no ghost, even before it is polled again; nor is a unit added because it was found
+(``[discovery] add_new``): the bridge counts it among the configured ones while it restores it.
+Which topics to clear is decided by pure functions; :func:`clear_ghosts` does the network part
+for the bridge's start and for ``forget``.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """The saved state (``state.json``): its typed, versioned schema and its only reader and writer.
 
 What is kept: each unit's energy accumulator (found again by serial number and by connector key),
-the serial number -> address book, what discovery announced, and every unit id published (with the
-connector key that published it, so ids of connectors no longer configured can be cleared). The file
-is replaced atomically and never stops the bridge: a read-only or full directory warns once (again
-only after a write succeeded in between); a file that cannot be used whole (unreadable, not JSON,
-the wrong shape, an unknown version) is kept aside as ``state.json.bad-<UTC time>`` with one
-warning, and the bridge starts with whatever part of it is valid.
+the serial number -> address book, what discovery announced, every unit id published (with the
+connector key that published it, so ids of connectors no longer configured can be cleared), and
+the units found in the networks and added by ``[discovery] add_new`` (serial number -> address).
+The file is replaced atomically and never stops the bridge: a read-only or full directory warns
+once (again only after a write succeeded in between); a file that cannot be used whole
+(unreadable, not JSON, the wrong shape, an unknown version) is kept aside as
+``state.json.bad-<UTC time>`` with one warning, and the bridge starts with whatever part of it is
+valid.
 """
 
 from __future__ import annotations
@@ -35,18 +37,23 @@ from pydantic import (
     model_validator,
 )
 
+from bridge.core.config import parse_host
 from bridge.core.derived import SessionEnergy
 from bridge.core.names import id_problem
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION: Final = 3
+STATE_VERSION: Final = 4
 # Version 1 had no "version" key: {"energy": {serial: accumulator}, "addresses": {serial: host},
 # "discovery": {"topics": {topic: owner}, "components": {owner: {key: platform}}}}.
-# Version 2 made "energy" a list of records; version 3 added "published" ({unit id: owner}).
-# Older files read as having published nothing: their ids are recorded again as units publish.
+# Version 2 made "energy" a list of records; version 3 added "published" ({unit id: owner});
+# version 4 added "found_units" ({serial: host}).
+# Older files read as having published nothing and added no found unit: their ids are recorded
+# again as units publish, and a unit found again is added again.
 FIRST_VERSION: Final = 1
-KNOWN_KEYS: Final = frozenset({"version", "energy", "addresses", "discovery", "published"})
+KNOWN_KEYS: Final = frozenset(
+    {"version", "energy", "addresses", "discovery", "published", "found_units"}
+)
 MAX_SET_ASIDE_TRIES: Final = 100
 _SHOWN_CHARS: Final = 40  # of a file-supplied name quoted in the warning
 MAX_KEY_LENGTH: Final = 256
@@ -121,11 +128,12 @@ class SavedState(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    version: Literal[3] = STATE_VERSION
+    version: Literal[4] = STATE_VERSION
     energy: list[EnergyRecord] = Field(default_factory=list)
     addresses: dict[Key, Key] = Field(default_factory=dict)
     discovery: DiscoverySection = Field(default_factory=DiscoverySection)
     published: dict[Key, Key] = Field(default_factory=dict)  # unit id -> connector key
+    found_units: dict[Key, Key] = Field(default_factory=dict)  # serial number -> host
 
 
 @dataclass
@@ -137,6 +145,7 @@ class LoadedState:
     topics: dict[str, str] = field(default_factory=dict)
     components: dict[str, dict[str, str]] = field(default_factory=dict)
     published: dict[str, str] = field(default_factory=dict)
+    found_units: dict[str, str] = field(default_factory=dict)
 
 
 def discovery_topic_problem(topic: str, prefix: str) -> str | None:
@@ -182,6 +191,9 @@ def parse_state(data: object, discovery_prefix: str) -> tuple[LoadedState, list[
     loaded.published = _parse_mapping(
         data.get("published"), "published unit", _valid_published, problems
     )
+    loaded.found_units = _parse_mapping(
+        data.get("found_units"), "found unit", _valid_found_unit, problems
+    )
     _parse_discovery(data.get("discovery"), discovery_prefix, loaded, problems)
     return loaded, problems
 
@@ -222,6 +234,17 @@ def _valid_address(serial: object, host: object) -> bool:
         and isinstance(host, str)
         and 0 < len(host) <= MAX_KEY_LENGTH
     )
+
+
+def _valid_found_unit(serial: object, host: object) -> bool:
+    # The host becomes a connector's address at start: one that is no host must not load.
+    if not _valid_address(serial, host):
+        return False
+    try:
+        parse_host(str(host))
+    except ValueError:
+        return False
+    return True
 
 
 def _valid_published(unit_id: object, owner: object) -> bool:
@@ -309,6 +332,7 @@ class _Pending:
     topics: dict[str, str]
     components: dict[str, dict[str, str]]
     published: dict[str, str]
+    found_units: dict[str, str]
 
     def render(self) -> dict[str, object]:
         return {
@@ -317,6 +341,7 @@ class _Pending:
             "addresses": self.addresses,
             "discovery": {"topics": self.topics, "components": self.components},
             "published": self.published,
+            "found_units": self.found_units,
         }
 
 
@@ -356,6 +381,7 @@ class StateFile:
         self._topics: Mapping[str, str] = {}
         self._components: Mapping[str, Mapping[str, str]] = {}
         self._published: dict[str, str] = {}
+        self._found_units: dict[str, str] = {}
         # As loaded at start: where a restarted unit finds its total.
         self._saved_by_connector: dict[str, EnergyRecord] = {}
         self._saved_by_serial: dict[str, EnergyRecord] = {}
@@ -410,6 +436,7 @@ class StateFile:
         self._topics = loaded.topics
         self._components = loaded.components
         self._published = dict(loaded.published)
+        self._found_units = dict(loaded.found_units)
         self._saved_by_connector = _highest(loaded.energy, lambda r: r.connector)
         self._saved_by_serial = _highest(loaded.energy, lambda r: r.serial)
         totals = {serial: r.total_wh for serial, r in self._saved_by_serial.items()}
@@ -560,6 +587,26 @@ class StateFile:
         if self._published.pop(unit_id, None) is not None:
             self._dirty = True
 
+    # --- units found and added (``[discovery] add_new``) -------------------------------------
+
+    def found_units(self) -> dict[str, str]:
+        """Every unit added because it was found: serial number -> host it was found at (a copy)."""
+        self.load()
+        return dict(self._found_units)
+
+    def keep_found_unit(self, serial: str, host: str) -> None:
+        """Remember that the unit with this serial number was found at ``host`` and added."""
+        self.load()
+        if self._found_units.get(serial) != host:
+            self._found_units[serial] = host
+            self._dirty = True
+
+    def forget_found_unit(self, serial: str) -> None:
+        """Stop adding this unit at start (a connector of the configuration claims it now)."""
+        self.load()
+        if self._found_units.pop(serial, None) is not None:
+            self._dirty = True
+
     # --- writing ------------------------------------------------------------------------------
 
     @property
@@ -607,6 +654,7 @@ class StateFile:
             topics=dict(self._topics),  # the large case (config topic -> owner), copied in C
             components={owner: dict(keys) for owner, keys in self._components.items()},
             published=dict(self._published),
+            found_units=dict(self._found_units),
         )
         return pending, self._sequence
 
@@ -659,5 +707,10 @@ class StateFile:
 
 def _any(loaded: LoadedState) -> bool:
     return bool(
-        loaded.energy or loaded.addresses or loaded.topics or loaded.components or loaded.published
+        loaded.energy
+        or loaded.addresses
+        or loaded.topics
+        or loaded.components
+        or loaded.published
+        or loaded.found_units
     )
