@@ -7,20 +7,21 @@ import ipaddress
 import json
 import logging
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import bridge.runtime.poller
+from bridge.adapters.survey import Found, ScanReport
 from bridge.adapters.twc import TwcClient
 from bridge.core.config import BridgeConfig, ConnectorConfig
 from bridge.core.derived import SessionEnergy
+from bridge.core.networks import IPAddress
 from bridge.runtime.app import Bridge
 from bridge.runtime.statefile import StateFile
 from bridge.sim.simulator import SimulatedUnit, simulated_serial
-from bridge.tools.scan import Found
 from tests.test_app import closed_port, simulated_client
 
 LOGGER = "bridge.runtime.app"
@@ -62,8 +63,20 @@ def _config(tmp_path: Path, *, add_new: bool, homie: bool = False) -> BridgeConf
     )
 
 
+async def _asks_nothing(
+    addresses: Sequence[IPAddress],
+    port: int,  # noqa: ARG001 - the survey's signature
+    timeout_s: float,  # noqa: ARG001
+    concurrency: int,  # noqa: ARG001
+    *,
+    source_address: str | None = None,  # noqa: ARG001
+) -> ScanReport:
+    """A search of 10.9.0.0/24 that sends nothing (tests stay on loopback)."""
+    return ScanReport(scanned=len(addresses))
+
+
 def _bridge(config: BridgeConfig, units: dict[str, SimulatedUnit]) -> Bridge:
-    return Bridge(config, client_factory=lambda c: simulated_client(units, c))
+    return Bridge(config, client_factory=lambda c: simulated_client(units, c), survey=_asks_nothing)
 
 
 def _found(host: str, serial: str, port: int = 80) -> Found:
@@ -188,7 +201,7 @@ def test_a_restored_unit_starts_at_its_last_address(tmp_path: Path) -> None:
         hosts.append(connector.host)
         return simulated_client(_units(), connector)
 
-    instance = Bridge(_config(tmp_path, add_new=True), client_factory=factory)
+    instance = Bridge(_config(tmp_path, add_new=True), client_factory=factory, survey=_asks_nothing)
     assert hosts == [CONFIGURED_HOST, OTHER_HOST]
     assert (
         instance.found_pollers[FOUND_SERIAL].label
@@ -348,3 +361,15 @@ def test_device_text_in_the_block_stays_on_its_lines_and_pastes_back_as_sent(
     assert set(table) == {"host", "name", "id"}
     assert table["host"] == FOUND_HOST
     assert instance.found_pollers == {}
+
+
+def test_a_unit_answering_at_a_connectors_address_is_that_connectors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A search at start-up may see a configured unit before its first version answer."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    instance = _bridge(_config(tmp_path, add_new=True), _units())
+    instance.add_found_unit(_found(CONFIGURED_HOST, CONFIGURED_SERIAL))
+    assert instance.found_pollers == {}
+    assert len(instance.pollers) == 1
+    assert "[[connectors]]" not in caplog.text

@@ -12,6 +12,8 @@ from typing import Final
 from pydantic import ValidationError
 
 from bridge.adapters.mqtt import MqttLink, MqttUnavailableError, WillKeeper
+from bridge.adapters.survey import Found
+from bridge.adapters.survey import survey as survey_networks
 from bridge.adapters.twc import TwcClient
 from bridge.core.config import BridgeConfig, ConnectorConfig, http_base_url
 from bridge.core.fieldbudget import FieldBudget
@@ -22,7 +24,7 @@ from bridge.core.outbox import Outbox
 from bridge.core.twins import TwinWatch, new_run_token
 from bridge.core.unit_values import UnitDerivation
 from bridge.core.vocabulary import Role
-from bridge.presentation.connector_block import FoundUnit, connector_id, render_block, unit_names
+from bridge.presentation.connector_block import connector_id, render_block, unit_names
 from bridge.presentation.discovery import Site
 from bridge.presentation.homie import HomiePublisher
 from bridge.presentation.topics import TopicLayout
@@ -34,7 +36,7 @@ from bridge.runtime.announce import (
     unit_info,
 )
 from bridge.runtime.energy import EnergyKeeper
-from bridge.runtime.follow import Follower
+from bridge.runtime.follow import Follower, Survey, same_address
 from bridge.runtime.ghosts import (
     Ghost,
     clear_ghosts,
@@ -129,10 +131,15 @@ class Bridge:
         config: BridgeConfig,
         *,
         client_factory: Callable[[ConnectorConfig], TwcClient] | None = None,
+        survey: Survey = survey_networks,
         freeze_heap_when_settled: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``freeze_heap_when_settled``: see :meth:`_settle_heap`; ``clock``: the pollers' clock."""
+        """Build every part; nothing runs until :meth:`run`.
+
+        ``freeze_heap_when_settled``: see :meth:`_settle_heap`; ``clock``: the pollers' clock;
+        ``survey``: how ``[discovery]`` networks are searched (tests pass one that asks nothing).
+        """
         self.config = config
         self._freeze_heap_when_settled = freeze_heap_when_settled
         self.heap_frozen = False
@@ -198,6 +205,7 @@ class Bridge:
                 state_file=self.state_file,
                 on_unclaimed=self.add_found_unit,
                 clock=clock,
+                survey=survey,
             )
         self.groups = GroupTotals(
             pollers_by_id=self.pollers_by_id,
@@ -388,7 +396,7 @@ class Bridge:
         learned = {p.status.serial for p in self.pollers if p.status.serial is not None}
         return self._configured_serials | learned | set(self.found_pollers)
 
-    def add_found_unit(self, found: FoundUnit) -> None:
+    def add_found_unit(self, found: Found) -> None:
         """Publish a unit found in the networks that no connector claims, if ``add_new`` says so.
 
         Added: polled, published and announced like a configured connector (id: its serial's
@@ -398,6 +406,10 @@ class Bridge:
         """
         serial = found.serial
         if serial in self._claimed_serials():
+            return
+        # A unit answering where a connector polls is that connector's, even before its
+        # serial is known (a search at start-up may run before the first version answer).
+        if any(same_address(poller.address, found) for poller in self.pollers):
             return
         connector = found_connector(serial, found.host) if self.config.discovery.add_new else None
         if connector is None:
@@ -431,7 +443,7 @@ class Bridge:
         if self._tasks is not None and not self._stopping:
             self._poller_tasks.append(self._start(poller))
 
-    def _suggest(self, found: FoundUnit) -> None:
+    def _suggest(self, found: Found) -> None:
         """Log the unit's ``[[connectors]]`` block, once per serial number and run."""
         if found.serial in self._suggested:
             return
