@@ -335,3 +335,41 @@ def test_search_counters_are_announced_only_while_searching() -> None:
         *(LAYOUT.bridge_search(name) for name in ("searches", "addresses_asked", "units_found")),
     }
     assert len(quiet_config["components"]) == 1
+
+
+async def test_strangers_are_handed_on_after_the_moves() -> None:
+    """A stranger at a unit's old address is judged once the unit was moved away from it."""
+    unit = FakeUnit("garage", SERIAL_A, "127.0.0.2", lost_at=0.0)
+    survey = FakeSurvey({"127.0.0.2": SERIAL_NEW, "127.0.0.5": SERIAL_A})
+    seen_at_hand_over: list[str | None] = []
+    follower = Follower(
+        _config(),
+        units=lambda: [unit],
+        outbox=Outbox(),
+        layout=LAYOUT,
+        state_file=AddressBook(),
+        on_unclaimed=lambda _found: seen_at_hand_over.append(unit.address),
+        clock=Clock(),
+        survey=survey,
+    )
+    await follower.search()
+    assert unit.moves == ["127.0.0.5"]
+    assert seen_at_hand_over == ["127.0.0.5"]
+
+
+async def test_add_new_searches_at_start_and_then_every_interval() -> None:
+    """With add_new the networks are searched for new units even while no unit is lost."""
+    clock = Clock()
+    survey = FakeSurvey({"127.0.0.3": SERIAL_NEW})
+    follower, _, _, unclaimed = _follower(
+        [], survey, clock=clock, config=_config(add_new=True, search_every_s=900)
+    )
+    assert follower.new_units_due(clock.now)
+    await follower.search()
+    assert [found.serial for found in unclaimed] == [SERIAL_NEW]
+    clock.now = 899.0
+    assert not follower.new_units_due(clock.now)
+    clock.now = 900.0
+    assert follower.new_units_due(clock.now)
+    plain, _, _, _ = _follower([], FakeSurvey({}), clock=clock)
+    assert not plain.new_units_due(clock.now)

@@ -373,3 +373,17 @@ def test_a_unit_answering_at_a_connectors_address_is_that_connectors(
     assert instance.found_pollers == {}
     assert len(instance.pollers) == 1
     assert "[[connectors]]" not in caplog.text
+
+
+async def test_a_stranger_at_a_connectors_address_is_suggested_once_its_serial_is_known(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The connector knows its own serial: a different one answering there is someone else."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    units = _units()
+    instance = _bridge(_config(tmp_path, add_new=False), units)
+    (poller,) = instance.pollers
+    await _run_until(instance, lambda: poller.wanted_serial is not None)
+    instance.add_found_unit(_found(CONFIGURED_HOST, OTHER_SERIAL))
+    assert "[[connectors]]" in caplog.text
+    assert OTHER_SERIAL in caplog.text

@@ -407,9 +407,12 @@ class Bridge:
         serial = found.serial
         if serial in self._claimed_serials():
             return
-        # A unit answering where a connector polls is that connector's, even before its
-        # serial is known (a search at start-up may run before the first version answer).
-        if any(same_address(poller.address, found) for poller in self.pollers):
+        # A unit answering where a connector whose serial is not known yet polls is likely that
+        # connector's (a search at start-up may run before the first version answer).
+        if any(
+            poller.wanted_serial is None and same_address(poller.address, found)
+            for poller in self.pollers
+        ):
             return
         connector = found_connector(serial, found.host) if self.config.discovery.add_new else None
         if connector is None:

@@ -195,13 +195,14 @@ class Follower:
     def _dispatch(self, found: Sequence[Found]) -> None:
         units = self._units()
         handled: set[str] = set()
+        unclaimed: list[Found] = []
         for answer in found:
             if answer.serial in handled:
                 continue  # the same serial at two addresses: the first one found wins
             handled.add(answer.serial)
             owner = next((unit for unit in units if unit.wanted_serial == answer.serial), None)
             if owner is None:
-                self._on_unclaimed(answer)
+                unclaimed.append(answer)
                 continue
             if any(
                 same_address(owner.address, other)
@@ -211,6 +212,9 @@ class Follower:
                 continue  # it answers where it is polled: nothing to follow
             owner.move_to(answer.host)
             self._state_file.keep_address(answer.serial, answer.host)
+        # After the moves: a stranger at a unit's old address is judged by where units are now.
+        for answer in unclaimed:
+            self._on_unclaimed(answer)
 
     def _publish_counters(self) -> None:
         for name in ("searches", "addresses_asked", "units_found"):
