@@ -387,3 +387,23 @@ async def test_a_stranger_at_a_connectors_address_is_suggested_once_its_serial_i
     instance.add_found_unit(_found(CONFIGURED_HOST, OTHER_SERIAL))
     assert "[[connectors]]" in caplog.text
     assert OTHER_SERIAL in caplog.text
+
+
+def test_a_unit_found_on_a_second_interfaces_network_is_polled_from_it(tmp_path: Path) -> None:
+    """Found through a connector's source_address, it is polled from that address too."""
+    config = BridgeConfig.model_validate(
+        {
+            "bridge": {"data_dir": str(tmp_path)},
+            "mqtt": {"host": "127.0.0.1", "port": closed_port()},
+            "discovery": {"networks": ["10.9.0.0/24", "10.8.0.0/24"], "add_new": True},
+            "connectors": [
+                {"host": CONFIGURED_HOST, "id": "garage", "source_address": "10.9.0.100"}
+            ],
+        }
+    )
+    units = {**_units(), "10.8.0.7": SimulatedUnit(OTHER_SERIAL, seed=9)}
+    instance = _bridge(config, units)
+    instance.add_found_unit(_found(FOUND_HOST, FOUND_SERIAL))
+    instance.add_found_unit(_found("10.8.0.7", OTHER_SERIAL))
+    assert instance.found_pollers[FOUND_SERIAL].source_address == "10.9.0.100"
+    assert instance.found_pollers[OTHER_SERIAL].source_address is None

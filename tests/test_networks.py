@@ -10,6 +10,7 @@ from bridge.core.networks import (
     network_warnings,
     probe_source,
     search_time_s,
+    source_for_address,
 )
 
 
@@ -95,3 +96,12 @@ def test_probe_source_is_the_source_address_inside_the_network() -> None:
     assert probe_source("192.168.1.0/24", sources) == "192.168.1.2"
     assert probe_source("10.0.0.0/24", sources) is None
     assert probe_source("10.0.0.0/24", []) is None
+
+
+def test_an_address_is_reached_from_where_its_network_is_probed() -> None:
+    networks = ["192.168.1.0/24", "192.168.90.0/24"]
+    sources = [None, "192.168.90.5"]
+    assert source_for_address("192.168.90.17", networks, sources) == "192.168.90.5"
+    assert source_for_address("192.168.1.17", networks, sources) is None
+    assert source_for_address("10.0.0.1", networks, sources) is None
+    assert source_for_address("not an address", networks, sources) is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final, TypeAlias
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -168,6 +168,17 @@ def probe_source(network_text: str, source_addresses: Iterable[str | None]) -> s
         (address for address in source_addresses if address and _inside(address, network)),
         None,
     )
+
+
+def source_for_address(
+    address: str, networks: Sequence[str], source_addresses: Iterable[str | None]
+) -> str | None:
+    """The local address to reach ``address`` from: the one its network is probed from.
+
+    So a unit found on a second interface's network is polled the way it was found.
+    """
+    network = next((text for text in networks if _inside(address, read_network(text))), None)
+    return None if network is None else probe_source(network, source_addresses)
 
 
 def check_options(port: int, timeout_s: float, concurrency: int) -> None:

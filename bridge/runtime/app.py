@@ -15,11 +15,12 @@ from bridge.adapters.mqtt import MqttLink, MqttUnavailableError, WillKeeper
 from bridge.adapters.survey import Found
 from bridge.adapters.survey import survey as survey_networks
 from bridge.adapters.twc import TwcClient
-from bridge.core.config import BridgeConfig, ConnectorConfig, http_base_url
+from bridge.core.config import BridgeConfig, ConnectorConfig, http_base_url, parse_host
 from bridge.core.fieldbudget import FieldBudget
 from bridge.core.logtext import escaped
 from bridge.core.models import ENDPOINTS
 from bridge.core.names import id_problem, slugify
+from bridge.core.networks import source_for_address
 from bridge.core.outbox import Outbox
 from bridge.core.twins import TwinWatch, new_run_token
 from bridge.core.unit_values import UnitDerivation
@@ -108,17 +109,20 @@ def found_label(connector: ConnectorConfig) -> str:
     return f"{connector.configured_id()} (found at {connector.host})"
 
 
-def found_connector(serial: str, host: str) -> ConnectorConfig | None:
+def found_connector(
+    serial: str, host: str, source_address: str | None = None
+) -> ConnectorConfig | None:
     """The connector entry a unit found at ``host`` is polled as: its serial's slug is its id.
 
-    ``None`` when the serial gives no usable topic id or ``host`` is no host; such a unit is
-    only suggested in the log, for its owner to add with an id of their choice.
+    ``source_address``: the local address its network is probed from, so it is polled the way
+    it was found. ``None`` when the serial gives no usable topic id or ``host`` is no host; such
+    a unit is only suggested in the log, for its owner to add with an id of their choice.
     """
     unit_id = slugify(serial)
     if id_problem(unit_id) is not None:
         return None
     try:
-        return ConnectorConfig(host=host, id=unit_id, serial=serial)
+        return ConnectorConfig(host=host, id=unit_id, serial=serial, source_address=source_address)
     except ValidationError:
         return None
 
@@ -372,9 +376,9 @@ class Bridge:
                 self.state_file.forget_found_unit(serial)
                 continue
             last = self.state_file.address_of(serial)
-            connector = (found_connector(serial, last) if last else None) or found_connector(
-                serial, found_at
-            )
+            connector = (
+                found_connector(serial, last, self._source_for(last)) if last else None
+            ) or found_connector(serial, found_at, self._source_for(found_at))
             if connector is None or connector.configured_id() is None:
                 continue  # pragma: no cover - the file's hosts and serials were checked on load
             unit_id = str(connector.configured_id())
@@ -390,6 +394,18 @@ class Bridge:
                 continue
             restored.append((serial, connector))
         return restored
+
+    def _source_for(self, host: str) -> str | None:
+        """The local address a unit found at ``host`` is reached from (see ``networks``)."""
+        try:
+            address, _ = parse_host(host)
+        except ValueError:
+            return None
+        return source_for_address(
+            address.strip("[]"),
+            self.config.discovery.networks,
+            (connector.source_address for connector in self.config.connectors),
+        )
 
     def _claimed_serials(self) -> set[str]:
         """Every serial number a poller stands for now: configured, learned or found."""
@@ -414,7 +430,11 @@ class Bridge:
             for poller in self.pollers
         ):
             return
-        connector = found_connector(serial, found.host) if self.config.discovery.add_new else None
+        connector = (
+            found_connector(serial, found.host, self._source_for(found.host))
+            if self.config.discovery.add_new
+            else None
+        )
         if connector is None:
             self._suggest(found)
             return
