@@ -407,3 +407,30 @@ def test_a_unit_found_on_a_second_interfaces_network_is_polled_from_it(tmp_path:
     instance.add_found_unit(_found("10.8.0.7", OTHER_SERIAL))
     assert instance.found_pollers[FOUND_SERIAL].source_address == "10.9.0.100"
     assert instance.found_pollers[OTHER_SERIAL].source_address is None
+
+
+async def test_a_search_that_crashes_does_not_stop_the_bridge(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The follower runs in the bridge's task group: a bug in it must not end the bridge."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+
+    async def broken_survey(*_args: object, **_kwargs: object) -> ScanReport:
+        raise RuntimeError("a bug in the search")
+
+    units = _units()
+    instance = Bridge(
+        _config(tmp_path, add_new=True),
+        client_factory=lambda c: simulated_client(units, c),
+        survey=broken_survey,
+    )
+    (poller,) = instance.pollers
+    await _run_until(
+        instance,
+        lambda: (
+            "discovery: the search for units crashed" in caplog.text
+            and poller.wanted_serial is not None
+        ),
+    )
+    assert "discovery: the search for units crashed" in caplog.text
+    assert poller.wanted_serial == CONFIGURED_SERIAL  # the unit kept being polled

@@ -491,7 +491,7 @@ class Bridge:
         if self._tasks is None:  # pragma: no cover - called only while running
             raise RuntimeError("the bridge is not running")
         return self._tasks.create_task(
-            _supervised(poller.label, poller.run), name=f"poll {poller.label}"
+            _supervised(f"unit {poller.label}: poller", poller.run), name=f"poll {poller.label}"
         )
 
     def _update_hook(self, connector: ConnectorConfig) -> Callable[[ConnectorPoller], None]:
@@ -665,7 +665,10 @@ class Bridge:
                 ghosts_task = group.create_task(self.clean_removed(), name="clean-removed")
                 self._poller_tasks = [self._start(p) for p in self.pollers]
                 follow_task = (
-                    group.create_task(self.follower.run(), name="follow")
+                    group.create_task(
+                        _supervised("discovery: the search for units", self.follower.run),
+                        name="follow",
+                    )
                     if self.follower is not None
                     else None
                 )
@@ -699,14 +702,15 @@ def _retargeter(client: TwcClient) -> Callable[[str], None]:
 
 
 async def _supervised(label: str, run: Callable[[], Awaitable[None]]) -> None:
-    # A bug triggered by one unit's data must not stop the other units.
+    """Run ``run``, and again after a crash; ``label`` names it in the log line.
+
+    A bug triggered by one unit's data (or one search's answers) must not stop the rest.
+    """
     while True:
         try:
             await run()
         except Exception:
-            logger.exception(
-                "unit %s: poller crashed; restarting it in %.0f s", label, POLLER_RESTART_DELAY_S
-            )
+            logger.exception("%s crashed; restarting it in %.0f s", label, POLLER_RESTART_DELAY_S)
             await asyncio.sleep(POLLER_RESTART_DELAY_S)
         else:
             return  # a poller ends on its own only when its entry duplicates another unit
