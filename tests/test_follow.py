@@ -15,7 +15,7 @@ from bridge.core.networks import IPAddress
 from bridge.core.outbox import Outbox
 from bridge.presentation.discovery import Site, bridge_configs
 from bridge.presentation.topics import TopicLayout
-from bridge.runtime.follow import Follower
+from bridge.runtime.follow import Follower, same_address
 
 SERIAL_A, SERIAL_B, SERIAL_NEW = "PGT22213075021", "B7S24024J01612", "NEW00000000001"
 LAYOUT = TopicLayout("twc3")
@@ -52,11 +52,12 @@ class FakeUnit:
         """When its outage began."""
         return self.lost_at
 
-    def move_to(self, host: str) -> None:
+    def move_to(self, host: str) -> bool:
         """Record the move; it answers there."""
         self.moves.append(host)
         self.polled_at = host
         self.lost_at = None  # it answers at its new address
+        return True
 
 
 class Clock:
@@ -164,7 +165,7 @@ async def test_a_unit_found_at_a_new_address_is_moved_and_remembered() -> None:
 async def test_a_different_serial_is_never_adopted() -> None:
     """The unit's old address now answers with another serial: that one is not ours."""
     unit = FakeUnit("garage", SERIAL_A, "127.0.0.2", lost_at=0.0)
-    other = FakeUnit("driveway", SERIAL_B, "127.0.0.3", lost_at=None)
+    other = FakeUnit("driveway", SERIAL_B, "127.0.0.3", lost_at=0.0)
     survey = FakeSurvey({"127.0.0.2": SERIAL_NEW, "127.0.0.4": SERIAL_B})
     follower, _, book, unclaimed = _follower([unit, other], survey)
     await follower.search()
@@ -373,3 +374,43 @@ async def test_add_new_searches_at_start_and_then_every_interval() -> None:
     assert follower.new_units_due(clock.now)
     plain, _, _, _ = _follower([], FakeSurvey({}), clock=clock)
     assert not plain.new_units_due(clock.now)
+
+
+async def test_a_unit_that_answers_is_never_moved() -> None:
+    """Polled by a host name, it is found at its own address: that is no move."""
+    unit = FakeUnit("garage", SERIAL_A, "twc-garage.lan", lost_at=None)
+    lost = FakeUnit("driveway", SERIAL_B, "127.0.0.3", lost_at=0.0)
+    survey = FakeSurvey({"127.0.0.2": SERIAL_A, "127.0.0.4": SERIAL_B})
+    follower, _, book, unclaimed = _follower([unit, lost], survey)
+    await follower.search()
+    assert unit.moves == []
+    assert book.kept == [(SERIAL_B, "127.0.0.4")]
+    assert unclaimed == []
+
+
+def test_addresses_are_compared_as_addresses() -> None:
+    found = Found(ipaddress.ip_address("::1"), 80, SERIAL_A)
+    assert same_address("[0:0::1]:80", found)
+    assert same_address("::1", found)
+    assert not same_address("[::1]:8080", found)
+    assert not same_address("localhost", found)
+    assert not same_address(None, found)
+
+
+async def test_new_units_wait_until_the_connectors_told_their_serials() -> None:
+    clock = Clock()
+    ready = [False]
+    follower = Follower(
+        _config(add_new=True),
+        units=list,
+        outbox=Outbox(),
+        layout=LAYOUT,
+        state_file=AddressBook(),
+        on_unclaimed=lambda _found: None,
+        clock=clock,
+        survey=FakeSurvey({}),
+        ready=lambda: ready[0],
+    )
+    assert not follower.new_units_due(clock.now)
+    ready[0] = True
+    assert follower.new_units_due(clock.now)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 
 import pytest
 
-from bridge.adapters.twc import TwcUnreachableError
+from bridge.adapters.twc import TwcBadResponseError, TwcUnreachableError
 from bridge.core.backoff import Backoff
 from bridge.core.config import PollingConfig
 from bridge.core.models import ENDPOINTS, Endpoint
@@ -327,3 +328,70 @@ def test_the_followed_unit_interface_is_there() -> None:
     poller, _, _, _ = make_poller()
     assert (poller.wanted_serial, poller.address, poller.source_address) == (SERIAL, OLD, None)
     assert poller.unreachable_since() is None
+
+
+class MovingTime(FakeTime):
+    """Fake time whose next sleep ends with a move (the follower acting meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.move: Callable[[], object] | None = None
+
+    async def sleep(self, seconds: float) -> None:
+        """Advance the fake time, then make the pending move."""
+        await super().sleep(seconds)
+        move, self.move = self.move, None
+        if move is not None:
+            move()
+
+
+async def test_a_healthy_unit_moved_while_it_sleeps_is_asked_its_version_first() -> None:
+    """The endpoint planned before the sleep is never sent to the new address unchecked."""
+    time_source = MovingTime()
+    poller, network, _, outbox = make_poller(time_source=time_source)
+    network.units[OLD] = bodies(SERIAL)
+    await polls(poller, 4)
+    stranger = bodies(OTHER_SERIAL)
+    stranger["vitals"] = json.dumps({**VITALS, "grid_v": 999.0}).encode()
+    network.units[NEW] = stranger
+    time_source.move = lambda: poller.move_to(NEW)
+    network.requests.clear()
+    await polls(poller, 3)
+    assert network.requests[0] == (NEW, "version")
+    assert outbox.get("twc3/garage/vitals/grid_v") != "999"
+
+
+async def test_a_web_server_at_the_old_address_gets_the_backoff_not_a_request_a_second() -> None:
+    """While who answers is checked, an answer that is no Wall Connector's is a failure."""
+    poller, network, time_source, _ = make_poller()
+    network.units[OLD] = bodies(SERIAL)
+    await polls(poller, 4)
+    del network.units[OLD]
+    await polls(poller, 2)  # an outage: who answers here is checked first from now on
+
+    async def not_found(endpoint: Endpoint) -> bytes:
+        network.requests.append((network.target, endpoint))
+        raise TwcBadResponseError("unexpected response: HTTP 404", endpoint)
+
+    network.fetch = not_found  # type: ignore[method-assign]
+    network.requests.clear()
+    start = time_source.now
+    while time_source.now - start < 600:
+        await poller.poll_once()
+    # Backoff 2 s doubling to 60 s: about 15 requests in 10 minutes, not 600.
+    assert len(network.requests) < 30, len(network.requests)
+    assert poller.unreachable_since() is not None
+
+
+async def test_a_version_answer_without_a_serial_is_not_this_unit() -> None:
+    """Any device answering JSON at the old address is refused, and the unit stays lost."""
+    poller, network, _, outbox = make_poller()
+    network.units[OLD] = bodies(SERIAL)
+    await polls(poller, 4)
+    del network.units[OLD]
+    await polls(poller, 4)
+    network.units[OLD] = dict.fromkeys(ENDPOINTS, b'{"status": "ok"}')
+    await polls(poller, 8)
+    assert outbox.get("twc3/garage/vitals/status") is None
+    assert poller.unreachable_since() is not None
+    assert "no serial number" in str(poller.status.last_error)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import bridge.runtime.app
 import bridge.runtime.poller
 from bridge.adapters.survey import Found, ScanReport
 from bridge.adapters.twc import TwcClient
@@ -434,3 +435,17 @@ async def test_a_search_that_crashes_does_not_stop_the_bridge(
     )
     assert "discovery: the search for units crashed" in caplog.text
     assert poller.wanted_serial == CONFIGURED_SERIAL  # the unit kept being polled
+
+
+def test_found_units_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device inventing serials cannot grow the bridge without end."""
+    monkeypatch.setattr(bridge.runtime.app, "MAX_FOUND_UNITS", 2)
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    units = {f"10.9.0.{n}": SimulatedUnit(simulated_serial(n), seed=n) for n in range(20, 25)}
+    instance = _bridge(_config(tmp_path, add_new=True), {**_units(), **units})
+    for host, unit in units.items():
+        instance.add_found_unit(_found(host, unit.serial))
+    assert len(instance.found_pollers) == 2
+    assert caplog.text.count("is the most one bridge adds by itself") == 2

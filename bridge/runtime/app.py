@@ -63,6 +63,9 @@ STATE_FILE_NAME: Final = "state.json"
 # handled in one burst (waking an idle process costs far more than a poll's work), and no burst
 # holds more than a tenth of the units (a thousand together would delay the last by ~0.8 s).
 START_SLOTS: Final = 10
+# Units added because they were found ([discovery] add_new), and serials suggested in the log:
+# a device inventing serials must not grow the bridge without end.
+MAX_FOUND_UNITS: Final = 256
 
 
 def connector_owner(connector: ConnectorConfig) -> str:
@@ -210,6 +213,7 @@ class Bridge:
                 on_unclaimed=self.add_found_unit,
                 clock=clock,
                 survey=survey,
+                ready=self.settled,
             )
         self.groups = GroupTotals(
             pollers_by_id=self.pollers_by_id,
@@ -438,6 +442,17 @@ class Bridge:
         if connector is None:
             self._suggest(found)
             return
+        if len(self.found_pollers) >= MAX_FOUND_UNITS:
+            if serial not in self._suggested and len(self._suggested) < MAX_FOUND_UNITS:
+                self._suggested.add(serial)
+                logger.warning(
+                    "Wall Connector %s found at %s is not added: %d found units is the most "
+                    "one bridge adds by itself; add it to the configuration file",
+                    escaped(serial),
+                    found.host,
+                    MAX_FOUND_UNITS,
+                )
+            return
         unit_id = str(connector.configured_id())
         label = found_label(connector)
         owner = self.registry.claim(unit_id, label)
@@ -468,7 +483,7 @@ class Bridge:
 
     def _suggest(self, found: Found) -> None:
         """Log the unit's ``[[connectors]]`` block, once per serial number and run."""
-        if found.serial in self._suggested:
+        if found.serial in self._suggested or len(self._suggested) >= MAX_FOUND_UNITS:
             return
         self._suggested.add(found.serial)
         if self.config.discovery.add_new:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -43,8 +44,8 @@ class FollowedUnit(Protocol):
     def unreachable_since(self) -> float | None:
         """When the current outage began (``None`` while reachable; no address: its start)."""
 
-    def move_to(self, host: str) -> None:
-        """Poll at ``host`` from now on."""
+    def move_to(self, host: str) -> bool:
+        """Poll at ``host`` from now on; False if the unit cannot be moved there."""
 
 
 class AddressBook(Protocol):
@@ -79,14 +80,18 @@ class SearchCounters:
 
 
 def same_address(polled: str | None, found: Found) -> bool:
-    """Whether ``polled`` (``host`` or ``host:port``) is where ``found`` answered."""
+    """Whether ``polled`` (``host`` or ``host:port``) is where ``found`` answered.
+
+    Addresses are compared as addresses (``::1`` is ``0:0::1``); a host name never matches.
+    """
     if polled is None:
         return False
     try:
         host, port = parse_host(polled)
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
-    return host.lower() == str(found.address).lower() and port == found.port
+    return address == found.address and port == found.port
 
 
 class Follower:
@@ -108,6 +113,7 @@ class Follower:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         survey: Survey = survey,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         """``units`` is called before every check, so units added at run time are followed."""
         self._config = config
@@ -119,6 +125,9 @@ class Follower:
         self._clock = clock
         self._sleep = sleep
         self._survey = survey
+        # New units are looked for only once every connector had its chance to tell its
+        # serial: before that, a configured unit could pass for a new one.
+        self._ready = ready
         self._plans: dict[int, SearchPlan] = {}
         self._lock = asyncio.Lock()
         self.counters = SearchCounters()
@@ -136,7 +145,7 @@ class Follower:
 
     def new_units_due(self, now: float) -> bool:
         """Whether ``add_new`` asks for a search for new units now."""
-        return self._next_new_search is not None and now >= self._next_new_search
+        return self._next_new_search is not None and now >= self._next_new_search and self._ready()
 
     def _plan(self, unit: FollowedUnit) -> SearchPlan:
         plan = self._plans.get(id(unit))
@@ -200,18 +209,22 @@ class Follower:
             if answer.serial in handled:
                 continue  # the same serial at two addresses: the first one found wins
             handled.add(answer.serial)
-            owner = next((unit for unit in units if unit.wanted_serial == answer.serial), None)
+            owner = next(
+                (unit for unit in units if (unit.wanted_serial or "").strip() == answer.serial),
+                None,
+            )
             if owner is None:
                 unclaimed.append(answer)
                 continue
-            if any(
+            if owner.unreachable_since() is None or any(
                 same_address(owner.address, other)
                 for other in found
                 if other.serial == answer.serial
             ):
-                continue  # it answers where it is polled: nothing to follow
-            owner.move_to(answer.host)
-            self._state_file.keep_address(answer.serial, answer.host)
+                # It answers where it is polled (perhaps by a host name): nothing to follow.
+                continue
+            if owner.move_to(answer.host):
+                self._state_file.keep_address(answer.serial, answer.host)
         # After the moves: a stranger at a unit's old address is judged by where units are now.
         for answer in unclaimed:
             self._on_unclaimed(answer)

@@ -225,23 +225,24 @@ class ConnectorPoller:
         """Clock time the current outage began; None while the unit answers."""
         return self._failing_since
 
-    def move_to(self, host: str) -> None:
+    def move_to(self, host: str) -> bool:
         """Poll the unit at ``host`` (``host`` or ``host:port``) from the next request on, at once.
 
         Said in one log line, on ``derived/reachability`` ("moved" until the next good answer)
         and as a ``moved`` event; topics, entities and the energy total stay as they are.
+        False when it is not moved (a fixed client, a bad or the same address).
         """
         if self._retarget is None:
             logger.error("unit %s: cannot be moved (its client is fixed)", self.label)
-            return
+            return False
         try:
             parse_host(host)
         except ValueError as error:
             logger.warning("unit %s: not moved to %s: %s", self.label, escaped(host), error)
-            return
+            return False
         previous = self._address
         if host == previous:
-            return
+            return False
         self._address = host
         self._moves += 1
         self._retarget_pending = True
@@ -272,6 +273,7 @@ class ConnectorPoller:
             moved = Event("moved", {"from": previous, "to": host})
             publish_derived(self._outbox, self._topics, Derived(events=[moved]), self._wall_clock())
         self._wake()
+        return True
 
     def _wake(self) -> None:
         sleeper = self._sleeper
@@ -338,8 +340,9 @@ class ConnectorPoller:
         """Wait for the next due request, make it, and record the outcome."""
         endpoint, planned = self.next_request()
         delay = planned - self._clock()
-        if delay > 0 and not await self._wait(delay):
-            return  # moved while waiting: plan again for the new address
+        moves = self._moves
+        if delay > 0 and (not await self._wait(delay) or moves != self._moves):
+            return  # moved while waiting: plan again for the new address (version first)
         started = self._clock()
         if self._waits_to_be_found:
             # Nothing can be asked until it is found: startup is not held up by it.
@@ -351,7 +354,6 @@ class ConnectorPoller:
             self._retarget_pending = False
             self._retarget(self._address)
         self.requests_made += 1
-        moves = self._moves
         outcome: ParsedBody | TwcError | ParseError
         try:
             outcome = parse_endpoint(endpoint, await self._fetcher.fetch(endpoint))
@@ -386,12 +388,19 @@ class ConnectorPoller:
             self._succeeded(outcome, planned)
 
     def _refusal(self, parsed: ParsedBody) -> str | None:
-        """Why an answer is not this unit's: another serial where this one is followed."""
+        """Why an answer is not this unit's: another serial, or none, where this one is followed."""
         if not isinstance(parsed.model, Version):
             return None
-        serial, wanted = parsed.model.serial_number, self.wanted_serial
-        if not self._following or not serial or wanted is None or serial == wanted:
+        wanted = self.wanted_serial
+        if not self._following or wanted is None:
             return None
+        serial = (parsed.model.serial_number or "").strip()
+        if serial == wanted.strip():
+            return None
+        if not serial:
+            return unreachable_reason(
+                "unexpected response", "a version answer with no serial number"
+            )
         return unreachable_reason(
             "unexpected response",
             f"another Wall Connector (serial {escaped(serial)}) answers here",
@@ -402,8 +411,10 @@ class ConnectorPoller:
         report = self._answer_logs[endpoint].failed(self._clock(), f"{reason}{detail}")
         if report is not None:
             self._log_answers(endpoint, report)
-        if endpoint == "vitals":
-            # Without usable vitals there is no live state: count it against availability.
+        if endpoint == "vitals" or (endpoint == "version" and self._verify_serial):
+            # Without usable vitals there is no live state, and while who answers here is being
+            # checked, an answer that is no Wall Connector's is not this unit: count it against
+            # availability (and its backoff), not as one endpoint's failure.
             self._unit_failed(endpoint, reason)
             return
         self.status.failed_requests += 1
