@@ -14,6 +14,7 @@ from bridge.runtime.ghosts import (
     Ghost,
     clearing_plan,
     discovery_topics_of,
+    foreign_publishers,
     ghost_ids,
     homie_node_of,
     subscriptions,
@@ -160,3 +161,28 @@ def test_forget_refuses_a_configured_or_invalid_id_before_connecting(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert said in err[0]
+
+
+def test_only_another_processs_state_topic_makes_a_ghost_foreign() -> None:
+    retained = {
+        "twc3/moved/poller/publisher": "twc3/bridge/east/state",
+        "twc3/mine/poller/publisher": "twc3/bridge/state",
+        "twc3/forged/poller/publisher": "twc3/bridge/+/state",
+        "twc3/elsewhere/poller/publisher": "other/bridge/state",
+    }
+    ghosts = [Ghost(uid) for uid in ("moved", "mine", "forged", "elsewhere", "unmarked")]
+    assert foreign_publishers(retained, LAYOUT, ghosts) == {"moved": "twc3/bridge/east/state"}
+
+
+def test_a_unit_live_elsewhere_is_left_out_of_the_plan() -> None:
+    retained = {"twc3/moved/availability": "online", "twc3/gone/availability": "online"}
+    plan = clearing_plan(
+        retained,
+        LAYOUT,
+        [Ghost("moved"), Ghost("gone")],
+        None,
+        rewrite_nodes=False,
+        live_elsewhere={"moved"},
+    )
+    assert plan.messages == [("twc3/gone/availability", "")]
+    assert [done.unit_id for done in plan.cleared] == ["gone"]

@@ -10,10 +10,14 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
+from bridge.core.config import MqttConfig
+from bridge.presentation.topics import TopicLayout
+from bridge.runtime.ghosts import Ghost, clear_ghosts
 from bridge.sim.simulator import Scenario, SimulatedUnit, UnitServer
-from tests.conftest import Broker, wait_for_retained
+from tests.conftest import Broker, collect_retained, wait_for_retained
 from tests.test_fault_suite import ROOT, assert_clean_log, polling, run_bridge, wait_until
 
 HOMIE = "homie/twc3-bridge"
@@ -62,12 +66,16 @@ def left_of(found: dict[str, str], unit_id: str) -> list[str]:
 
 
 async def run_until_published(
-    run_dir: Path, broker: Broker, config_body: str, unit_id: str
+    run_dir: Path, broker: Broker, config_body: str, unit_id: str, *, logged: str = ""
 ) -> tuple[dict[str, str], Path, str]:
-    """Run the bridge until ``unit_id`` is published, stop it cleanly; what was retained then."""
+    """Run the bridge until ``unit_id`` is published and ``logged`` logged; stop it cleanly.
+
+    Returns what was retained then, the config file and the log.
+    """
     await asyncio.to_thread(run_dir.mkdir)
     async with run_bridge(run_dir, broker.port, config_body) as bridge:
         found = await wait_for_retained(broker.port, lambda f: published(f, unit_id), limit_s=60)
+        await wait_until(lambda: logged in bridge.log_text(), 60, repr(logged))
         bridge.process.send_signal(signal.SIGTERM)
         await asyncio.to_thread(bridge.process.wait, 20)
         assert_clean_log(bridge)
@@ -93,7 +101,7 @@ async def test_a_renamed_connector_leaves_no_ghost(
     data = tmp_path / "data"
     await run_until_published(tmp_path / "run1", broker, body(data, server, OLD), OLD)
     found, _, log = await run_until_published(
-        tmp_path / "run2", broker, body(data, server, NEW), NEW
+        tmp_path / "run2", broker, body(data, server, NEW), NEW, logged="removed unit alpha"
     )
     found = await wait_for_retained(
         broker.port, lambda f: published(f, NEW) and not left_of(f, OLD), limit_s=30
@@ -135,3 +143,77 @@ async def test_clean_removed_false_keeps_them_and_forget_clears_them(
     assert found[f"{HOMIE}/$nodes"] == NEW
     assert f"twc3/{NEW}/availability" in found  # the configured unit's topics stay
     assert "alpha" not in (data / "state.json").read_text()
+
+
+def serial_named_body(data_dir: Path, host: str) -> str:
+    """A connector with no id: its unit is published under its serial number."""
+    return (
+        '\n[homie]\nenabled = true\nbase_topic = "homie"\ndevice_id = "twc3-bridge"\n'
+        f'\n[bridge]\ndata_dir = "{data_dir}"\n'
+        + polling()
+        + f'\n[[connectors]]\nhost = "{host}"\n'
+    )
+
+
+async def test_a_serial_named_unit_whose_host_is_written_anew_keeps_its_topics(
+    broker: Broker, server: UnitServer, tmp_path: Path
+) -> None:
+    """Its id looks removed until the unit tells its serial again: it is not cleared then."""
+    unit_id = "simghost0001"
+    data = tmp_path / "data"
+    await run_until_published(
+        tmp_path / "run1", broker, serial_named_body(data, f"127.0.0.1:{server.port}"), unit_id
+    )
+    await asyncio.to_thread((tmp_path / "run2").mkdir)
+    body2 = serial_named_body(data, f"localhost:{server.port}")
+    async with run_bridge(tmp_path / "run2", broker.port, body2) as bridge:
+        await wait_until(
+            lambda: f"unit id {unit_id} is published again" in bridge.log_text(),
+            60,
+            "the id taken back, not cleared",
+        )
+        found = await wait_for_retained(broker.port, lambda f: published(f, unit_id), limit_s=30)
+        assert found[f"twc3/{unit_id}/poller/publisher"] == "twc3/bridge/state"
+        assert "removed unit" not in bridge.log_text()
+        assert_clean_log(bridge)
+
+
+async def test_a_unit_another_running_process_publishes_is_left_alone(broker: Broker) -> None:
+    """A unit moved to another instance's configuration is that instance's while it runs."""
+    config = MqttConfig(host="127.0.0.1", port=broker.port)
+    layout = TopicLayout("twc3")
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="other-bridge") as other:
+        await other.publish("twc3/bridge/east/state", "online", qos=1, retain=True)
+        for unit_id in ("moved", "gone"):
+            await other.publish(f"twc3/{unit_id}/availability", "online", qos=1, retain=True)
+        await other.publish("twc3/moved/poller/publisher", "twc3/bridge/east/state", retain=True)
+        await other.publish("twc3/gone/poller/publisher", "twc3/bridge/state", qos=1, retain=True)
+    settled = await clear_ghosts(
+        config,
+        layout,
+        [Ghost("moved"), Ghost("gone")],
+        homie_root=None,
+        rewrite_nodes=False,
+        identifier="ghost-test",
+    )
+    assert sorted(done.unit_id for done in settled) == ["gone", "moved"]
+    left = await collect_retained(broker.port, "twc3/#")
+    assert left.get("twc3/moved/availability") == "online"
+    assert "twc3/gone/availability" not in left
+
+
+async def test_forget_refuses_while_a_named_instance_runs(broker: Broker, tmp_path: Path) -> None:
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="running-east") as client:
+        await client.publish("twc3/bridge/east/state", "online", qos=1, retain=True)
+        await client.publish("twc3/old/availability", "online", qos=1, retain=True)
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+        f'[bridge]\ndata_dir = "{tmp_path}"\ninstance = "east"\n'
+        '[[connectors]]\nhost = "127.0.0.1:8780"\nid = "beta"\n'
+    )
+    result = await asyncio.to_thread(forget, config, "old")
+    assert result.returncode == 1, result.stderr
+    assert "twc3/bridge/east/state" in result.stderr
+    left = await collect_retained(broker.port, "twc3/#")
+    assert left.get("twc3/old/availability") == "online"

@@ -94,6 +94,14 @@ class TopicLayout:
         """One of the bridge's own counters about the unit."""
         return f"{self.base}/{unit_id}/poller/{name}"
 
+    def publisher(self, unit_id: str) -> str:
+        """Which bridge process publishes the unit: that process's state topic."""
+        return f"{self.base}/{unit_id}/poller/publisher"
+
+    def is_bridge_state(self, topic: str) -> bool:
+        """Whether ``topic`` is a bridge process's state topic under this base (no wildcards)."""
+        return self.parse_instance_state(topic) is not None and not set(topic) & {"+", "#"}
+
     def group(self, group_id: str, key: str) -> str:
         """One value of a power-sharing group."""
         return f"{self.base}/group/{group_id}/{key}"

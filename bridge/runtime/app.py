@@ -66,6 +66,9 @@ START_SLOTS: Final = 10
 # Units added because they were found ([discovery] add_new), and serials suggested in the log:
 # a device inventing serials must not grow the bridge without end.
 MAX_FOUND_UNITS: Final = 256
+# How long the clean-up at start waits for every unit to be asked once (see clean_removed).
+GHOST_WAIT_S: Final = 60.0
+GHOST_CHECK_S: Final = 0.5
 
 
 def connector_owner(connector: ConnectorConfig) -> str:
@@ -518,9 +521,15 @@ class Bridge:
         # What discovery was last built from: the hook runs after every poll, and rebuilding
         # the field lists each time cost more than the rest of the poll.
         seen: list[object] = [None]
+        marked: list[str | None] = [None]
 
         def update(poller: ConnectorPoller) -> None:
             self.energy.keep(poller)
+            topics = poller.topics
+            if topics is not None and marked[0] != topics.unit_id:
+                # Which process publishes this unit, so another one's clean-up leaves it alone.
+                marked[0] = topics.unit_id
+                self.outbox.put(self.layout.publisher(topics.unit_id), self.state_topic)
             if group is not None:
                 self.groups.update(group)
             # Wait for one round of every endpoint so the first announce is already complete.
@@ -598,11 +607,12 @@ class Bridge:
             )
             return
         await self.link.connected.wait()
+        targets = await self._ghosts_still_unclaimed()
         try:
             cleared = await clear_ghosts(
                 self.config.mqtt,
                 self.layout,
-                self.ghost_targets,
+                targets,
                 homie_root=self.homie.root if self.homie is not None else None,
                 rewrite_nodes=False,
                 identifier=f"{self.config.mqtt.client_id}-ghosts",
@@ -618,6 +628,27 @@ class Bridge:
             self.homie.publish_nodes()  # the retained $nodes may still list a removed node
         for done in cleared:
             self.state_file.forget_published(done.unit_id)
+
+    async def _ghosts_still_unclaimed(self) -> list[Ghost]:
+        """The ghosts no unit of this run took back, once every unit had its chance to answer.
+
+        A connector without ``id`` or ``name`` publishes under its serial; if its ``host`` was
+        written differently, its id looks removed until the unit tells its serial again.
+        """
+        for _ in range(round(GHOST_WAIT_S / GHOST_CHECK_S)):
+            if self.settled():
+                break
+            await asyncio.sleep(GHOST_CHECK_S)
+        targets = []
+        for target in self.ghost_targets:
+            owner = self.registry.owner_of(target.unit_id)
+            if owner is None:
+                targets.append(target)
+            else:
+                logger.info(
+                    "unit id %s is published again, by %s: not cleared", target.unit_id, owner
+                )
+        return targets
 
     def settled(self) -> bool:
         """Whether startup is over: every unit was asked every endpoint at least once."""
@@ -662,7 +693,8 @@ class Bridge:
                     group.create_task(self.homie_will.run(stop), name="homie-will")
                 reannounce_task = group.create_task(self.reannouncer.run(), name="reannounce")
                 migration_task = group.create_task(
-                    self.announcer.run_migrations(), name="discovery-migration"
+                    _supervised("the discovery migration", self.announcer.run_migrations),
+                    name="discovery-migration",
                 )
                 heartbeat_task = group.create_task(
                     heartbeat(
@@ -677,7 +709,10 @@ class Bridge:
                     name="housekeeping",
                 )
                 settle_task = group.create_task(self._settle_heap(), name="settle-heap")
-                ghosts_task = group.create_task(self.clean_removed(), name="clean-removed")
+                ghosts_task = group.create_task(
+                    _supervised("the clean-up of removed units", self.clean_removed),
+                    name="clean-removed",
+                )
                 self._poller_tasks = [self._start(p) for p in self.pollers]
                 follow_task = (
                     group.create_task(

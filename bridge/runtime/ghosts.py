@@ -122,14 +122,18 @@ def clearing_plan(
     homie_root: str | None,
     *,
     rewrite_nodes: bool,
+    live_elsewhere: Collection[str] = (),
 ) -> ClearingPlan:
     """What clears ``ghosts`` given the broker's ``retained`` topics (pure).
+
+    Ids in ``live_elsewhere`` (another running bridge process publishes them now) are left alone.
 
     ``$nodes`` goes first, without the removed nodes (only with ``rewrite_nodes``: a running
     bridge's publisher writes its own), then the discovery configs, then every retained topic
     under each id and each node.
     """
     plan = ClearingPlan()
+    ghosts = [ghost for ghost in ghosts if ghost.unit_id not in live_elsewhere]
     node_ids = [g.homie_node for g in ghosts if g.homie_node]
     if homie_root is not None and rewrite_nodes:
         current = retained.get(nodes_topic(homie_root))
@@ -154,6 +158,22 @@ def clearing_plan(
         cleared.retained = len(own)
         plan.cleared.append(cleared)
     return plan
+
+
+def foreign_publishers(
+    retained: Mapping[str, str], layout: TopicLayout, ghosts: Sequence[Ghost]
+) -> dict[str, str]:
+    """Ghost id -> the state topic of another bridge process that says it publishes the id."""
+    foreign: dict[str, str] = {}
+    for ghost in ghosts:
+        state_topic = retained.get(layout.publisher(ghost.unit_id))
+        if (
+            state_topic is not None
+            and state_topic != layout.bridge_state
+            and layout.is_bridge_state(state_topic)
+        ):
+            foreign[ghost.unit_id] = state_topic
+    return foreign
 
 
 async def collect_retained(
@@ -192,7 +212,7 @@ async def clear_ghosts(
     identifier: str,
     quiet_s: float = QUIET_S,
 ) -> list[Cleared]:
-    """Clear what ``ghosts`` left on the broker; one log line per id.
+    """Clear what ``ghosts`` left on the broker; one log line per id; return the ids settled.
 
     Raises:
         MqttUnavailableError: the broker cannot be reached or dropped the connection.
@@ -201,9 +221,31 @@ async def clear_ghosts(
         return []
     patterns = subscriptions(layout, ghosts, homie_root)
     retained = await collect_retained(config, patterns, identifier, quiet_s)
-    plan = clearing_plan(retained, layout, ghosts, homie_root, rewrite_nodes=rewrite_nodes)
+    # A unit moved to another process's configuration is that process's now, while it runs.
+    foreign = foreign_publishers(retained, layout, ghosts)
+    states = (
+        await collect_retained(config, sorted(set(foreign.values())), identifier, quiet_s)
+        if foreign
+        else {}
+    )
+    live_elsewhere = {uid for uid, topic in foreign.items() if states.get(topic) == "online"}
+    for unit_id in sorted(live_elsewhere):
+        logger.info(
+            "unit %s is published by another bridge process (%s online): left as it is",
+            escaped(unit_id),
+            escaped(foreign[unit_id]),
+        )
+    plan = clearing_plan(
+        retained,
+        layout,
+        ghosts,
+        homie_root,
+        rewrite_nodes=rewrite_nodes,
+        live_elsewhere=live_elsewhere,
+    )
     qos1 = (f"{homie_root}/",) if homie_root is not None else ()
     await publish_retained(config, plan.messages, identifier, qos1_prefixes=qos1)
     for cleared in plan.cleared:
         logger.info("%s", cleared.describe())
-    return plan.cleared
+    # Settled either way: cleared here, or another running process's unit now.
+    return [*plan.cleared, *(Cleared(unit_id) for unit_id in sorted(live_elsewhere))]

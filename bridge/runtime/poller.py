@@ -90,6 +90,10 @@ class IdRegistry:
         current = self._owners.setdefault(unit_id, owner)
         return None if current == owner else current
 
+    def owner_of(self, unit_id: str) -> str | None:
+        """Who uses ``unit_id`` now, if anyone."""
+        return self._owners.get(unit_id)
+
 
 @dataclass
 class UnitStatus:

@@ -78,7 +78,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     mqtt = config.mqtt
     tls = " (TLS)" if mqtt.tls is not None else ""
     print(f"configuration OK: broker {mqtt.host}:{mqtt.port}{tls}, base topic {mqtt.base_topic!r}")
-    layout = TopicLayout(mqtt.base_topic)
+    layout = TopicLayout(mqtt.base_topic, config.bridge.instance)
     for connector in config.connectors:
         topic_id = connector.configured_id() or "(serial number, once the unit answers)"
         where = connector.host or f"serial {connector.serial} (found in [discovery] networks)"
@@ -310,7 +310,7 @@ async def _forget(config: BridgeConfig, ids: list[str]) -> int:
     )
     from bridge.runtime.statefile import StateFile  # noqa: PLC0415
 
-    mqtt, layout = config.mqtt, TopicLayout(config.mqtt.base_topic)
+    mqtt, layout = config.mqtt, TopicLayout(config.mqtt.base_topic, config.bridge.instance)
     identifier = f"{mqtt.client_id}-forget"
     broker = f"broker {mqtt.host}:{mqtt.port}"
     try:
