@@ -18,6 +18,7 @@ from bridge.adapters.mqtt import (
     CONFIRM_EVERY_S,
     MAX_BATCH,
     MqttLink,
+    WillKeeper,
     make_client,
 )
 from bridge.adapters.mqtt_fastpath import (
@@ -360,3 +361,51 @@ async def test_topics_under_a_qos1_prefix_are_delivered_at_qos1(
                 message = await anext(messages)
                 received[str(message.topic)] = message.qos
     assert received == {"test/homie/x": 1, "test/plain/x": 0}
+
+
+class _SlowAckClient:
+    """The Will connection's client: ``publish`` waits for its PUBACK while the test acts."""
+
+    def __init__(self, while_acking: Callable[[], None]) -> None:
+        self.published: list[tuple[str, str]] = []
+        self._while_acking = while_acking
+
+    @property
+    def messages(self) -> AsyncIterator[object]:
+        async def never() -> AsyncIterator[object]:
+            await asyncio.Event().wait()
+            yield None  # pragma: no cover - never reached
+
+        return never()
+
+    async def publish(self, topic: str, payload: str, **_options: object) -> None:
+        self.published.append((topic, payload))
+        while_acking, self._while_acking = self._while_acking, lambda: None
+        while_acking()
+        await asyncio.sleep(0)
+
+
+async def test_a_drop_reconnect_drop_while_lost_is_acked_says_lost_again() -> None:
+    """The short connection in between may have put ``ready`` again: ``lost`` follows it."""
+    restored: list[int] = []
+    keeper = WillKeeper(
+        MqttConfig(host="127.0.0.1"),
+        topic="homie/dev/$state",
+        payload="lost",
+        restore=lambda: restored.append(1),
+    )
+
+    def reconnect_and_drop() -> None:
+        keeper.link_connected()
+        keeper.link_lost()
+
+    client = _SlowAckClient(reconnect_and_drop)
+    keeper.link_connected()
+    keeper.link_lost()
+    stop = asyncio.Event()
+    hold = asyncio.create_task(keeper._hold(client, stop))  # type: ignore[arg-type]
+    for _ in range(50):
+        await asyncio.sleep(0)
+    stop.set()
+    assert await hold is True
+    assert client.published == [("homie/dev/$state", "lost")] * 2

@@ -817,6 +817,8 @@ class WillKeeper:
         # The main connection was up once and is down now (before its first connection it is
         # not "lost": the retained ``$state`` of the last run stays).
         self._link_down = False
+        # Counts the main connection's connects: a ``lost`` said for an earlier one is stale.
+        self._link_generation = 0
         self._link_changed = asyncio.Event()
         # How many times this connection published ``lost`` itself (for tests and logs).
         self.lost_published = 0
@@ -824,6 +826,7 @@ class WillKeeper:
     def link_connected(self) -> None:
         """The main connection is up (again)."""
         self._link_down = False
+        self._link_generation += 1
         self._link_changed.set()
 
     def link_lost(self) -> None:
@@ -885,16 +888,19 @@ class WillKeeper:
         stopped = asyncio.ensure_future(stop.wait())
         # A new connection: the Will of the last one may have replaced the real ``$state``.
         restore = True
-        said_lost = False
+        # The main connection whose loss was said; a quick reconnect and drop while saying it
+        # (the short connection may have put ``ready`` again) needs ``lost`` said once more.
+        lost_said_for: int | None = None
         try:
             while not stop.is_set() and not listen.done():
                 self._link_changed.clear()
                 if self._link_down:
-                    if not said_lost:
+                    if lost_said_for != self._link_generation:
+                        lost_said_for = self._link_generation
                         await self._say_lost(client)
-                        said_lost = restore = True
+                        restore = True
                 else:
-                    said_lost = False
+                    lost_said_for = None
                     if restore and self._restore is not None:
                         self._restore()
                     restore = False
