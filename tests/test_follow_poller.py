@@ -82,6 +82,7 @@ def make_poller(
     serial: str | None = SERIAL,
     following: bool = True,
     time_source: FakeTime | None = None,
+    fallback: str | None = None,
 ) -> tuple[ConnectorPoller, FakeNetwork, FakeTime, Outbox]:
     time_source = time_source or FakeTime()
     network = FakeNetwork(address)
@@ -101,6 +102,7 @@ def make_poller(
         serial=serial,
         retarget=network.retarget,
         following=following,
+        fallback=fallback,
     )
     return poller, network, time_source, outbox
 
@@ -395,3 +397,29 @@ async def test_a_version_answer_without_a_serial_is_not_this_unit() -> None:
     assert outbox.get("twc3/garage/vitals/status") is None
     assert poller.unreachable_since() is not None
     assert "no serial number" in str(poller.status.last_error)
+
+
+async def test_a_unit_not_at_its_last_address_is_tried_at_the_configured_host_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The owner gave it a reservation and wrote the new host: no search needed."""
+    caplog.set_level(logging.INFO)
+    poller, network, _, outbox = make_poller(address=NEW, fallback=OLD)
+    network.units[OLD] = bodies(SERIAL)
+    await polls(poller, 3)
+    assert [target for target, _ in network.requests[:2]] == [NEW, OLD]
+    assert network.requests[1] == (OLD, "version")
+    assert poller.address == OLD
+    assert poller.unreachable_since() is None
+    assert "trying the configured host" in caplog.text
+    assert "moved" not in caplog.text
+    assert outbox.get("twc3/garage/derived/reachability") != "moved"
+
+
+async def test_a_unit_found_at_its_last_address_keeps_it() -> None:
+    poller, network, _, _ = make_poller(address=NEW, fallback=OLD)
+    network.units[NEW] = bodies(SERIAL)
+    await polls(poller, 4)
+    network.units.pop(NEW)
+    await polls(poller, 4)  # a later outage is the follower's business, not the fallback's
+    assert {target for target, _ in network.requests} == {NEW}

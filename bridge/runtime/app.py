@@ -342,6 +342,7 @@ class Bridge:
             serial=connector.serial,
             retarget=_retargeter(client),
             following=following,
+            fallback=connector.host,
         )
         self.pollers.append(poller)
         self.energy.track(poller, keeping)

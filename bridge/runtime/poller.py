@@ -138,6 +138,7 @@ class ConnectorPoller:
         serial: str | None = None,
         retarget: Callable[[str], None] | None = None,
         following: bool = False,
+        fallback: str | None = None,
     ) -> None:
         """``repeat_summary_s``: at most one line per interval about a unit that keeps failing.
 
@@ -145,6 +146,8 @@ class ConnectorPoller:
         the fetcher elsewhere (given, the poller can be moved; given without ``address``, it waits
         to be). ``serial``: the configured serial number. ``following``: units are followed by
         serial, so an address answering with another serial is refused instead of adopted.
+        ``fallback``: the configured host, when ``address`` is where the unit was last found
+        instead; if the unit does not answer there, the configured host is tried at once.
         """
         self.label = label
         self._address = address
@@ -152,6 +155,7 @@ class ConnectorPoller:
         self._configured_serial = serial
         self._retarget = retarget
         self._following = following
+        self._fallback = fallback if retarget is not None and fallback != address else None
         self._retarget_pending = False
         # Bumped by every move: an answer from before a move is not counted for either address.
         self._moves = 0
@@ -454,6 +458,27 @@ class ConnectorPoller:
             status.derived["reachability"] = reachability(reason)
             self._outbox.put(self._topics.derived("reachability"), reachability(reason))
         self._publish_counters()
+        if self._fallback is not None and asked:
+            self._try_fallback(reason)
+
+    def _try_fallback(self, reason: str) -> None:
+        """The unit is not where it was last found: ask the configured host next, at once."""
+        fallback, self._fallback = self._fallback, None
+        logger.info(
+            "unit %s: not answering at %s, where it was last found (%s); trying the configured "
+            "host %s",
+            self.label,
+            self._address,
+            reason,
+            fallback,
+        )
+        self._address = fallback
+        self._moves += 1  # an answer still on its way from the old address is not counted
+        self._retarget_pending = True
+        self._verify_serial = self._following
+        self._due["version"] = min(self._due.values())
+        self._backoff.reset()
+        self._not_before = self._clock()
 
     def _succeeded(self, parsed: ParsedBody, planned: float) -> None:
         status = self.status
@@ -464,6 +489,7 @@ class ConnectorPoller:
             self._log_answers(endpoint, answers)
         status.failure_streak = 0
         self._failing_since = None
+        self._fallback = None  # it answers where it is polled
         self._moved_pending = False
         if endpoint == "version":
             self._verify_serial = False
