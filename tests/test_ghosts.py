@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
+from bridge.adapters.mqtt import _refused
 from bridge.core.outbox import Outbox
 from bridge.presentation.homie import HomiePublisher, nodes_without
 from bridge.presentation.topics import TopicLayout
@@ -186,3 +189,14 @@ def test_a_unit_live_elsewhere_is_left_out_of_the_plan() -> None:
     )
     assert plan.messages == [("twc3/gone/availability", "")]
     assert [done.unit_id for done in plan.cleared] == ["gone"]
+
+
+def test_a_suback_refusal_is_read_in_both_protocol_versions() -> None:
+    """Brokers that refuse a denied subscription say so in the SUBACK.
+
+    Mosquitto grants it and delivers nothing, which cannot be told from an empty tree.
+    """
+    assert _refused((128,))
+    assert _refused([ReasonCode(PacketTypes.SUBACK, identifier=0x87)])
+    assert not _refused((1,))
+    assert not _refused([ReasonCode(PacketTypes.SUBACK, identifier=1)])

@@ -44,6 +44,8 @@ CONFIRM_EVERY_MESSAGES: Final = 20 * MAX_BATCH
 SHUTDOWN_PUBLISH_TIMEOUT_S: Final = 3.0
 # A connection that lasted this long was a success: only then does the reconnect backoff restart.
 STABLE_AFTER_S: Final = 30.0
+# A SUBACK code from here on refuses the subscription (0x80 in MQTT 3.1.1, 0x80-0xA2 in MQTT 5).
+SUBSCRIBE_REFUSED: Final = 0x80
 # This many connections in a row closed before STABLE_AFTER_S: reported as a likely duplicate id.
 SHORT_CONNECTIONS_TO_REPORT: Final = 3
 # A drop this soon after a message was handed over (and before a barrier confirmed it) may be
@@ -762,10 +764,23 @@ async def subscribe(
     try:
         async with connection(client, publisher):
             for pattern in patterns:
-                await client.subscribe(pattern, qos=1)
+                granted = await client.subscribe(pattern, qos=1)
+                if _refused(granted):
+                    # An ACL that denies reading: what is retained there cannot be seen.
+                    raise MqttUnavailableError(f"the broker refused a subscription to {pattern}")
             yield Subscription(client)
     except aiomqtt.MqttError as error:
         raise MqttUnavailableError(describe_mqtt_error(error)) from None
+
+
+def _refused(granted: object) -> bool:
+    """Whether a SUBACK says no: 0x80 or more (MQTT 3.1.1 and 5 alike)."""
+    codes = granted if isinstance(granted, tuple | list) else (granted,)
+    for code in codes:
+        value = getattr(code, "value", code)
+        if isinstance(value, int) and value >= SUBSCRIBE_REFUSED:
+            return True
+    return False
 
 
 class WillKeeper:
