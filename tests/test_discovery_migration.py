@@ -299,3 +299,23 @@ def test_off_removes_everything_even_in_the_middle_of_a_hand_over(tmp_path: Path
         | _carport_entity_topics()
     )
     assert not off.announcer.migrating
+
+
+def test_a_reconnect_after_the_new_configs_restarts_the_last_wait(tmp_path: Path) -> None:
+    """Requests and new configs sent again together: the old topics wait a grace after them."""
+    state = _first_run(tmp_path, "entity")
+    run = Run(state, "device")
+    run.announcer.start()
+    run.announcer.update_unit("garage", GARAGE, _fields())
+    run.send()
+    run.advance(0)
+    run.advance(GRACE_S)  # the device config is released and sent
+    run.advance(0)  # its delivery is noticed: the last wait begins
+    run.clock.now += GRACE_S  # the wait is over, but a reconnect comes first
+    run.outbox.republish_all(first_prefix="homeassistant/")
+    resent = run.advance(0)
+    assert GARAGE_DEVICE_TOPIC in _topics(resent)
+    assert _topics(resent, "") == set(), "old topics cleared right behind the copies"
+    assert run.advance(0) == []  # the copies' delivery is noticed: the grace counts from here
+    assert _topics(run.advance(GRACE_S - 0.1), "") == set()
+    assert _topics(run.advance(0.1), "") == {BRIDGE_ENTITY_TOPIC} | _garage_entity_topics()

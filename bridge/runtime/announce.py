@@ -240,6 +240,7 @@ class Announcer:
         self, owner: str, migration: _Migration, new: Mapping[str, str | Deferred], now: float
     ) -> None:
         delivered = self._outbox.delivered
+        self._restart_waits_sent_again(migration, new)
         if migration.marked_at is None:
             if all(delivered(topic) for topic in migration.old):
                 migration.marked_at = now
@@ -253,6 +254,19 @@ class Announcer:
                 migration.announced_at = now
         elif now - migration.announced_at >= self._grace_s:
             self._finish_migration(owner, migration)
+
+    def _restart_waits_sent_again(
+        self, migration: _Migration, new: Mapping[str, str | Deferred]
+    ) -> None:
+        """A step sent again (a broker reconnect sends every retained topic) is waited for again.
+
+        So Home Assistant gets its grace after the last copy of a step too.
+        """
+        delivered = self._outbox.delivered
+        if not migration.released and not all(delivered(topic) for topic in migration.old):
+            migration.marked_at = None
+        if migration.released and not all(delivered(topic) for topic in new):
+            migration.announced_at = None
 
     def _finish_migration(self, owner: str, migration: _Migration) -> None:
         owned = self._owned.get(owner, {})
