@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal, NamedTuple, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -38,6 +39,17 @@ DEFAULT_NAME: Final = "twc3-bridge"
 
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
 Port = Annotated[int, Field(ge=1, le=65_535)]
+
+
+def _usable_id(value: str) -> str:
+    problem = id_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# One level of our topics: a connector's id, a bridge instance's name.
+TopicId = Annotated[str, AfterValidator(_usable_id)]
 MQTTS_PORT: Final = 8883
 MAX_MQTT_PACKET_BYTES: Final = 268_435_460  # MQTT's largest remaining length plus its header
 _BROKER_SCHEMES: Final = {"mqtt": False, "tcp": False, "mqtts": True, "ssl": True}
@@ -174,7 +186,7 @@ class ConnectorConfig(_Strict):
     # The unit's serial number: it is followed by it when its address changes ([discovery]).
     serial: str | None = None
     name: str | None = None
-    id: str | None = None
+    id: TopicId | None = None
     vitals_s: Seconds | None = None
     vitals_idle_s: Seconds | None = None
     lifetime_s: Seconds | None = None
@@ -228,16 +240,6 @@ class ConnectorConfig(_Strict):
         if self.host is None and self.serial is None:
             raise ValueError("give host, serial or both")
         return self
-
-    @field_validator("id")
-    @classmethod
-    def _valid_id(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        problem = id_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
 
     @field_validator("name")
     @classmethod
@@ -347,19 +349,9 @@ class BridgeSection(_Strict):
     field_retire_s: Seconds = 600.0
     # Names this process among several under one base topic: its state topic becomes
     # <base>/bridge/<instance>/state, and the default client id and Homie device id follow it.
-    instance: str | None = None
+    instance: TopicId | None = None
     # Whether ids no longer configured (renamed or removed) are cleared at start (runtime/ghosts).
     clean_removed: bool = True
-
-    @field_validator("instance")
-    @classmethod
-    def _instance_is_one_level(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        problem = id_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
 
 
 class GroupConfig(_Strict):
