@@ -15,6 +15,7 @@ from bridge.core.config import PollingConfig
 from bridge.core.models import ENDPOINTS, Endpoint
 from bridge.core.outbox import Outbox
 from bridge.runtime.poller import ConnectorPoller, IdRegistry
+from tests.test_poller import FakeTime
 
 OLD = "192.0.2.50"
 NEW = "192.0.2.77"
@@ -38,21 +39,6 @@ def bodies(serial: str) -> dict[str, bytes]:
         "lifetime": json.dumps(LIFETIME).encode(),
         "wifi_status": json.dumps(WIFI).encode(),
     }
-
-
-class FakeTime:
-    """A monotonic clock that only moves when the poller sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def clock(self) -> float:
-        """The current fake time."""
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        """Advance the fake time instead of waiting."""
-        self.now += seconds
 
 
 class FakeNetwork:

@@ -13,6 +13,7 @@ from bridge.core.config import PollingConfig, http_base_url
 from bridge.core.outbox import Outbox
 from bridge.runtime.poller import ConnectorPoller, IdRegistry
 from bridge.sim.simulator import SimulatedUnit, UnitServer
+from tests.test_poller import FakeTime
 
 OLD_HOST = "127.0.0.2"
 NEW_HOST = "127.0.0.3"
@@ -57,21 +58,6 @@ async def test_retarget_drops_the_kept_alive_connection() -> None:
             assert serial_in(await client.fetch("version")) == FOLLOWED
         finally:
             await client.aclose()
-
-
-class FakeTime:
-    """A monotonic clock that only moves when the poller sleeps (the sockets are real)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def clock(self) -> float:
-        """The current fake time."""
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        """Advance the fake time instead of waiting."""
-        self.now += seconds
 
 
 async def test_a_followed_unit_refuses_the_stranger_then_follows_the_move() -> None:
