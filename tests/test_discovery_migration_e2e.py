@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,13 @@ import pytest
 from bridge.sim.simulator import Scenario, SimulatedUnit, UnitServer
 from tests.conftest import Broker, subscriber, wait_for_retained
 from tests.ha_schema import problems_in_discovery_message
-from tests.test_fault_suite import Bridge, assert_clean_log, polling, run_bridge, wait_until
+from tests.test_fault_suite import (
+    assert_clean_log,
+    polling,
+    run_bridge,
+    stop_cleanly,
+    wait_until,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -66,13 +71,6 @@ def unit_entity_topics(found: dict[str, str]) -> set[str]:
     return {t for t in found if f"/{NODE}/" in t and t.endswith("/config") and "/device/" not in t}
 
 
-async def stop_cleanly(bridge: Bridge) -> None:
-    """SIGTERM and wait: the bridge writes its state file on the way out."""
-    bridge.process.send_signal(signal.SIGTERM)
-    await asyncio.to_thread(bridge.process.wait, 30)
-    assert_clean_log(bridge)
-
-
 def body(server: UnitServer, data_dir: Path, mode: str) -> str:
     return (
         f'\n[homeassistant]\ndiscovery = "{mode}"\n'
@@ -98,6 +96,7 @@ async def test_mode_switch_hands_entities_over_both_ways(broker: Broker, tmp_pat
             )
             await wait_until(lambda: data_dir.joinpath("state.json").exists(), LIMIT_S, "state")
             await stop_cleanly(run)
+            assert_clean_log(run)
         old = unit_entity_topics(first)
 
         async with (
@@ -111,6 +110,7 @@ async def test_mode_switch_hands_entities_over_both_ways(broker: Broker, tmp_pat
                 limit_s=LIMIT_S,
             )
             await stop_cleanly(run)
+            assert_clean_log(run)
         for topic in old:
             assert (
                 seen.index(topic, lambda payload: payload == MIGRATE)
@@ -130,6 +130,7 @@ async def test_mode_switch_hands_entities_over_both_ways(broker: Broker, tmp_pat
                 limit_s=LIMIT_S,
             )
             await stop_cleanly(run)
+            assert_clean_log(run)
         marker = back.index(DEVICE_TOPIC, lambda payload: payload == MIGRATE)
         cleared = back.index(DEVICE_TOPIC, lambda payload: payload == b"")
         for topic in old:

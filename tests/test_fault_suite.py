@@ -151,6 +151,13 @@ async def wait_until(condition: Callable[[], bool], limit_s: float, what: str) -
     return time.monotonic() - start
 
 
+async def stop_cleanly(bridge: Bridge) -> None:
+    """SIGTERM, and a clean exit (code 0) that saved the state."""
+    bridge.process.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(bridge.process.wait, 30)
+    assert code == 0, bridge.log_text()[-3000:]
+
+
 def assert_clean_log(bridge: Bridge) -> None:
     log = bridge.log_text()
     assert "Traceback" not in log, log[-4000:]

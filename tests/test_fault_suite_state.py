@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +25,7 @@ from tests.test_fault_suite import (
     live_capture,
     polling,
     run_bridge,
+    stop_cleanly,
     wait_until,
 )
 
@@ -83,13 +83,6 @@ def _published_since(capture: Capture, started: float) -> list[float]:
     return [float(p) for t, topic, p in capture.messages if topic == ENERGY_TOPIC and t >= started]
 
 
-async def _stop(bridge: Bridge) -> None:
-    """SIGTERM, and a clean exit that saved the state."""
-    bridge.process.send_signal(signal.SIGTERM)
-    code = await asyncio.to_thread(bridge.process.wait, 15)
-    assert code == 0, bridge.log_text()[-3000:]
-
-
 async def _one_run(
     broker: Broker,
     *,
@@ -114,7 +107,7 @@ async def _one_run(
                 return enough_version and len(set(published)) >= 4
 
             await wait_until(grown, 40, f"energy_wh growing with version fault {fault!r}")
-            await _stop(bridge)
+            await stop_cleanly(bridge)
             await asyncio.sleep(0.3)
     return _published_since(capture, started), bridge
 
@@ -186,7 +179,7 @@ async def test_state_file_of_the_wrong_shape_is_kept_aside_and_the_bridge_publis
             await wait_until(lambda: len(set(capture.payloads(uptime))) >= 3, 30, "vitals flowing")
             await wait_until((data_dir / "state.json").exists, 20, "a new state file written")
             assert bridge.alive(), bridge.log_text()[-3000:]
-            await _stop(bridge)
+            await stop_cleanly(bridge)
     log = bridge.log_text()
     warnings = [line for line in log.splitlines() if "state file" in line and "WARNING" in line]
     assert len(warnings) == 1, log

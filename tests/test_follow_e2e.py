@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 from pathlib import Path
 
 import pytest
 
 from bridge.sim.simulator import Scenario, SimulatedUnit, UnitServer
 from tests.conftest import Broker, free_port, wait_for_retained
-from tests.test_fault_suite import Bridge as RunningBridge
 from tests.test_fault_suite import (
     Capture,
     assert_clean_log,
     live_capture,
     polling,
     run_bridge,
+    stop_cleanly,
     wait_until,
 )
 
@@ -45,12 +44,6 @@ def _config(data_dir: Path, port: int, *, add_new: bool, connector: str = "") ->
         f"search_after_s = 5\nsearch_every_s = 5\nadd_new = {'true' if add_new else 'false'}\n"
         "timeout_s = 0.5\n" + polling() + f"\n[[connectors]]\n{connector}"
     )
-
-
-def _stop(bridge: RunningBridge) -> None:
-    """SIGTERM, and a clean exit that saved the state."""
-    bridge.process.send_signal(signal.SIGTERM)
-    assert bridge.process.wait(timeout=20) == 0
 
 
 def _last_number(capture: Capture, topic: str) -> float:
@@ -152,7 +145,7 @@ async def test_a_unit_that_moves_is_found_again_by_its_serial(
             assert bridge.log_text().count("[[connectors]]") == 1
             assert (tmp_path / "bridge.toml").read_text() == config_text
             assert_clean_log(bridge)
-            _stop(bridge)
+            await stop_cleanly(bridge)
         state = json.loads((tmp_path / "state" / "state.json").read_text())
         assert state["addresses"][GARAGE_SERIAL] == f"127.0.0.5:{port}"
 
@@ -210,7 +203,7 @@ async def test_add_new_publishes_a_stranger_and_keeps_it_across_a_restart(
                 added = bridge.log_text().count(f"added as {stranger_id}")
                 assert added == (1 if run == 0 else 0), "added again after the restart"
                 assert_clean_log(bridge)
-                _stop(bridge)
+                await stop_cleanly(bridge)
     state = json.loads((tmp_path / "state" / "state.json").read_text())
     assert state["found_units"] == {STRANGER_SERIAL: f"127.0.0.3:{port}"}
 
