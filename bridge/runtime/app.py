@@ -528,8 +528,11 @@ class Bridge:
             self.energy.keep(poller)
             topics = poller.topics
             if topics is not None and marked[0] != topics.unit_id:
-                # Which process publishes this unit, so another one's clean-up leaves it alone.
+                # Once per id: the state file remembers it was published (for the clean-up of
+                # ids no longer configured), and a topic says which process publishes it, so
+                # another process's clean-up leaves it alone.
                 marked[0] = topics.unit_id
+                self.state_file.keep_published(topics.unit_id, owner)
                 self.outbox.put(self.layout.publisher(topics.unit_id), self.state_topic)
             if group is not None:
                 self.groups.update(group)
@@ -555,10 +558,8 @@ class Bridge:
             if info is not None and inputs != seen[0]:
                 seen[0] = inputs
                 self.announcer.update_unit(owner, info, announced_fields(poller))
-            if poller.topics is not None:
-                self.state_file.keep_published(poller.topics.unit_id, owner)
-            if self.homie is not None and poller.topics is not None:
-                self.homie.update_unit(poller.topics.unit_id, connector.name, homie_values(poller))
+            if self.homie is not None and topics is not None:
+                self.homie.update_unit(topics.unit_id, connector.name, homie_values(poller))
 
         return update
 
