@@ -20,10 +20,10 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TRACES = FIXTURES / "traces"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now (all of 127.0.0.0/8 is lo)."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from collections.abc import AsyncIterator
 
 from bridge.adapters.twc import TwcClient
@@ -13,6 +12,7 @@ from bridge.core.config import PollingConfig, http_base_url
 from bridge.core.outbox import Outbox
 from bridge.runtime.poller import ConnectorPoller, IdRegistry
 from bridge.sim.simulator import SimulatedUnit, UnitServer
+from tests.conftest import free_port
 from tests.test_poller import FakeTime
 
 OLD_HOST = "127.0.0.2"
@@ -20,14 +20,6 @@ NEW_HOST = "127.0.0.3"
 FOLLOWED = "PGT0000000001"
 STRANGER = "PGT0000000002"
 TIMEOUT_S = 30
-
-
-def free_port(host: str) -> int:
-    """A port free on ``host`` (Linux routes all of 127.0.0.0/8 to lo)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.asynccontextmanager
