@@ -6,11 +6,11 @@ import asyncio
 import ipaddress
 from pathlib import Path
 
+from bridge.adapters.survey import Found
 from bridge.core.config import BridgeConfig
 from bridge.runtime.app import Bridge
 from bridge.runtime.statefile import StateFile
 from bridge.sim.simulator import Scenario, SimulatedUnit, UnitServer
-from bridge.tools.scan import Found
 from tests.conftest import Broker, wait_for_retained
 
 CONFIGURED_SERIAL = "SIMFOUNDE2E01"

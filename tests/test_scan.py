@@ -17,26 +17,15 @@ from typing import Any
 import pytest
 
 import bridge.adapters.survey as survey_module
-import bridge.tools.scan as scan_module
+from bridge.adapters.survey import Found, ScanReport, identify, survey
 from bridge.adapters.twc import TwcClient
 from bridge.core.config import CONFIG_ENV, PASSWORD_ENV, ConnectorConfig, load_config
+from bridge.core.networks import MAX_HOSTS, check_options, host_count, parse_network
 from bridge.presentation.connector_block import connector_id, render_block
 from bridge.sim.simulator import SimulatedUnit, UnitServer
 from bridge.tools import cli
 from bridge.tools.exitcodes import EXIT_USAGE
-from bridge.tools.scan import (
-    MAX_HOSTS,
-    Found,
-    ScanReport,
-    check_options,
-    host_count,
-    identify,
-    parse_network,
-    render_blocks,
-    scan,
-    summary,
-    survey,
-)
+from bridge.tools.scan import render_blocks, scan, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 30.0
@@ -497,7 +486,7 @@ async def test_truncated_version_body_still_counts() -> None:
 
 async def test_unexpected_error_for_one_host_is_contained(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug hit by one host's answer counts that host as "other"; the others still count."""
-    real_identify = scan_module.identify
+    real_identify = identify
 
     def fragile(raw: bytes) -> tuple[str, str | None, str | None] | None:
         if b"SHSW" in raw:

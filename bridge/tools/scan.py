@@ -6,42 +6,18 @@ import asyncio
 import sys
 from collections.abc import Iterable, Sequence
 
-from bridge.adapters.survey import Found, ScanReport, host_text, identify, survey
+from bridge.adapters.survey import Found, ScanReport, survey
 from bridge.core.config import DEFAULT_HTTP_PORT
 from bridge.core.names import MAX_ID_LENGTH
 from bridge.core.networks import (
     DEFAULT_CONCURRENCY,
     DEFAULT_TIMEOUT_S,
-    MAX_HOSTS,
     IPAddress,
     check_options,
-    host_count,
     parse_network,
 )
 from bridge.presentation.connector_block import connector_id, render_block, unit_names
 from bridge.tools.exitcodes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-
-# The survey and the network checks live in the lower layers so the running bridge uses them
-# too; the scan's tests and callers still find them here.
-__all__ = [
-    "MAX_HOSTS",
-    "Found",
-    "IPAddress",
-    "ScanReport",
-    "check_options",
-    "connector_id",
-    "host_count",
-    "host_text",
-    "identify",
-    "parse_network",
-    "render_block",
-    "render_blocks",
-    "run_scan",
-    "scan",
-    "summary",
-    "survey",
-]
-
 
 # ---- pure parts ------------------------------------------------------------------------------
 
