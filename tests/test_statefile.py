@@ -39,6 +39,14 @@ def _on_disk(state: StateFile) -> dict[str, Any]:
     return data
 
 
+def _loaded_with(tmp_path: Path, version: int, section_key: str, section: object) -> StateFile:
+    """A state file of ``version`` with one address and ``section`` under ``section_key``."""
+    path = tmp_path / "state.json"
+    data = {"version": version, "addresses": {"S1": "10.0.0.1"}, section_key: section}
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return StateFile(path)
+
+
 def _energy(total_wh: float) -> SessionEnergy:
     return SessionEnergy(total_wh=total_wh, last_session_wh=10.0, last_time=5.0, prev_uptime_s=7)
 
@@ -702,10 +710,7 @@ def test_a_damaged_published_section_keeps_its_valid_ids_and_never_a_wildcard(
 ) -> None:
     """An id becomes a subscription filter when cleared: a wildcard or '/' must never load."""
     caplog.set_level(logging.INFO, logger=LOGGER)
-    path = tmp_path / "state.json"
-    data = {"version": 3, "addresses": {"S1": "10.0.0.1"}, "published": section}
-    path.write_text(json.dumps(data), encoding="utf-8")
-    state = StateFile(path)
+    state = _loaded_with(tmp_path, 3, "published", section)
     assert state.published_units() == kept
     assert state.address_of("S1") == "10.0.0.1"
     (message,) = _messages(caplog, logging.WARNING)
@@ -784,10 +789,7 @@ def test_a_damaged_found_units_section_keeps_its_valid_entries(
 ) -> None:
     """A host becomes a connector's address at start: only entries that are a host load."""
     caplog.set_level(logging.INFO, logger=LOGGER)
-    path = tmp_path / "state.json"
-    data = {"version": 4, "addresses": {"S1": "10.0.0.1"}, "found_units": section}
-    path.write_text(json.dumps(data), encoding="utf-8")
-    state = StateFile(path)
+    state = _loaded_with(tmp_path, 4, "found_units", section)
     assert state.found_units() == kept
     assert state.address_of("S1") == "10.0.0.1"
     (message,) = _messages(caplog, logging.WARNING)
