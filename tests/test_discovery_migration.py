@@ -105,6 +105,18 @@ def _first_run(tmp_path: Path, mode: DiscoveryMode) -> StateFile:
     return state
 
 
+def _half_way_to_device(tmp_path: Path) -> tuple[StateFile, Run]:
+    """Entity mode switched to device: the device config is out, the old topics are not cleared."""
+    state = _first_run(tmp_path, "entity")
+    run = Run(state, "device")
+    run.announcer.start()
+    run.announcer.update_unit("garage", GARAGE, _fields())
+    run.send()
+    run.advance(0)
+    run.advance(GRACE_S)
+    return state, run
+
+
 def _index(sent: list[Message], topic: str, kind: str) -> int:
     """Where the first marker / config / deletion of ``topic`` was sent."""
     for index, message in enumerate(sent):
@@ -236,13 +248,7 @@ def test_nothing_moves_on_until_the_broker_has_the_previous_step(tmp_path: Path)
 
 def test_restart_in_the_middle_starts_the_hand_over_again(tmp_path: Path) -> None:
     """The state file keeps the old topics until they are cleared; a new run migrates again."""
-    state = _first_run(tmp_path, "entity")
-    run = Run(state, "device")
-    run.announcer.start()
-    run.announcer.update_unit("garage", GARAGE, _fields())
-    run.send()
-    run.advance(0)
-    run.advance(GRACE_S)  # the device config is out, the old topics are not cleared yet
+    state, _ = _half_way_to_device(tmp_path)
     state.flush()
 
     reread = StateFile(tmp_path / "state.json")
@@ -260,13 +266,7 @@ def test_restart_in_the_middle_starts_the_hand_over_again(tmp_path: Path) -> Non
 
 def test_switching_back_in_the_middle_rolls_back(tmp_path: Path) -> None:
     """Entity → device stopped half-way, then entity mode again: the device config is undone."""
-    state = _first_run(tmp_path, "entity")
-    run = Run(state, "device")
-    run.announcer.start()
-    run.announcer.update_unit("garage", GARAGE, _fields())
-    run.send()
-    run.advance(0)
-    run.advance(GRACE_S)
+    state, _ = _half_way_to_device(tmp_path)
     state.flush()
 
     back = Run(StateFile(tmp_path / "state.json"), "entity")
@@ -280,13 +280,7 @@ def test_switching_back_in_the_middle_rolls_back(tmp_path: Path) -> None:
 
 def test_off_removes_everything_even_in_the_middle_of_a_hand_over(tmp_path: Path) -> None:
     """Off means no discovery: every config of either form is removed, no migration."""
-    state = _first_run(tmp_path, "entity")
-    run = Run(state, "device")
-    run.announcer.start()
-    run.announcer.update_unit("garage", GARAGE, _fields())
-    run.send()
-    run.advance(0)
-    run.advance(GRACE_S)
+    state, _ = _half_way_to_device(tmp_path)
     state.flush()
 
     off = Run(StateFile(tmp_path / "state.json"), "off")
@@ -303,13 +297,7 @@ def test_off_removes_everything_even_in_the_middle_of_a_hand_over(tmp_path: Path
 
 def test_a_reconnect_after_the_new_configs_restarts_the_last_wait(tmp_path: Path) -> None:
     """Requests and new configs sent again together: the old topics wait a grace after them."""
-    state = _first_run(tmp_path, "entity")
-    run = Run(state, "device")
-    run.announcer.start()
-    run.announcer.update_unit("garage", GARAGE, _fields())
-    run.send()
-    run.advance(0)
-    run.advance(GRACE_S)  # the device config is released and sent
+    _, run = _half_way_to_device(tmp_path)  # the device config is released and sent
     run.advance(0)  # its delivery is noticed: the last wait begins
     run.clock.now += GRACE_S  # the wait is over, but a reconnect comes first
     run.outbox.republish_all(first_prefix="homeassistant/")
