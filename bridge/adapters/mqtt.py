@@ -835,8 +835,6 @@ class WillKeeper:
         # Counts the main connection's connects: a ``lost`` said for an earlier one is stale.
         self._link_generation = 0
         self._link_changed = asyncio.Event()
-        # How many times this connection published ``lost`` itself (for tests and logs).
-        self.lost_published = 0
 
     def link_connected(self) -> None:
         """The main connection is up (again)."""
@@ -938,7 +936,6 @@ class WillKeeper:
     async def _say_lost(self, client: aiomqtt.Client) -> None:
         # Awaited (PUBACK): only then may the main connection's ``$state`` follow it.
         await client.publish(self.topic, self.payload, qos=1, retain=True)
-        self.lost_published += 1
         logger.info(
             "MQTT: main connection lost; published %s=%s on the Will connection",
             self.topic,
