@@ -251,16 +251,9 @@ class ConnectorPoller:
         previous = self._address
         if host == previous:
             return False
-        self._address = host
-        self._moves += 1
-        self._retarget_pending = True
+        self._point_at(host)
         self._moved_pending = True
-        self._verify_serial = self._following
-        self._backoff.reset()
-        now = self._clock()
-        self._failing_since = now  # a fresh start at the new address
-        self._not_before = now
-        self._due["version"] = min(self._due.values())  # the serial is checked first
+        self._failing_since = self._clock()  # a fresh start at the new address
         serial = escaped(self.wanted_serial) if self.wanted_serial else "unknown"
         permanent = f'to make it permanent set host = "{host}"'
         if previous is None:
@@ -459,11 +452,21 @@ class ConnectorPoller:
             self._outbox.put(self._topics.derived("reachability"), reachability(reason))
         self._publish_counters()
         if self._fallback is not None and asked:
-            self._try_fallback(reason)
+            self._try_fallback(self._fallback, reason)
 
-    def _try_fallback(self, reason: str) -> None:
+    def _point_at(self, host: str) -> None:
+        """Ask at ``host`` from the next request on, at once, the version (the serial) first."""
+        self._address = host
+        self._moves += 1  # an answer still on its way from the old address is not counted
+        self._retarget_pending = True
+        self._verify_serial = self._following
+        self._due["version"] = min(self._due.values())
+        self._backoff.reset()
+        self._not_before = self._clock()
+
+    def _try_fallback(self, fallback: str, reason: str) -> None:
         """The unit is not where it was last found: ask the configured host next, at once."""
-        fallback, self._fallback = self._fallback, None
+        self._fallback = None
         logger.info(
             "unit %s: not answering at %s, where it was last found (%s); trying the configured "
             "host %s",
@@ -472,13 +475,7 @@ class ConnectorPoller:
             reason,
             fallback,
         )
-        self._address = fallback
-        self._moves += 1  # an answer still on its way from the old address is not counted
-        self._retarget_pending = True
-        self._verify_serial = self._following
-        self._due["version"] = min(self._due.values())
-        self._backoff.reset()
-        self._not_before = self._clock()
+        self._point_at(fallback)
 
     def _succeeded(self, parsed: ParsedBody, planned: float) -> None:
         status = self.status
