@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-import bridge.runtime.app
+import bridge.runtime.found
 import bridge.runtime.poller
 from bridge.adapters.survey import Found, ScanReport
 from bridge.adapters.twc import TwcClient
@@ -25,7 +25,7 @@ from bridge.runtime.statefile import StateFile
 from bridge.sim.simulator import SimulatedUnit, simulated_serial
 from tests.test_app import closed_port, simulated_client
 
-LOGGER = "bridge.runtime.app"
+LOGGER = "bridge.runtime"
 CONFIGURED_HOST = "10.9.0.2"
 FOUND_HOST = "10.9.0.7"
 OTHER_HOST = "10.9.0.8"
@@ -141,8 +141,8 @@ async def test_add_new_starts_exactly_one_poller_that_publishes_and_is_announced
     instance.add_found_unit(_found(OTHER_HOST, FOUND_SERIAL))
     assert len(instance.pollers) == 2
     assert len(instance.clients) == 2
-    assert list(instance.found_pollers) == [FOUND_SERIAL]
-    poller = instance.found_pollers[FOUND_SERIAL]
+    assert list(instance.new_units.pollers) == [FOUND_SERIAL]
+    poller = instance.new_units.pollers[FOUND_SERIAL]
     assert "found" in poller.label
     assert poller.status.serial == FOUND_SERIAL
     assert instance.outbox.get(f"twc3/{unit_id}/derived/energy_wh") is not None
@@ -179,9 +179,9 @@ async def test_a_found_unit_comes_back_after_a_restart_and_is_not_added_again(
     announced = set(_discovery_of(first, unit_id))
 
     second = _bridge(_config(tmp_path, add_new=True), units)
-    assert list(second.found_pollers) == [FOUND_SERIAL]
+    assert list(second.new_units.pollers) == [FOUND_SERIAL]
     assert second.ghosts == {}  # a restored found unit counts as configured
-    assert "found" in second.found_pollers[FOUND_SERIAL].label
+    assert "found" in second.new_units.pollers[FOUND_SERIAL].label
     second.add_found_unit(_found(FOUND_HOST, FOUND_SERIAL))
     assert len(second.pollers) == 2
     await _run_until(second, lambda: set(_discovery_of(second, unit_id)) >= announced)
@@ -205,7 +205,7 @@ def test_a_restored_unit_starts_at_its_last_address(tmp_path: Path) -> None:
     instance = Bridge(_config(tmp_path, add_new=True), client_factory=factory, survey=_asks_nothing)
     assert hosts == [CONFIGURED_HOST, OTHER_HOST]
     assert (
-        instance.found_pollers[FOUND_SERIAL].label
+        instance.new_units.pollers[FOUND_SERIAL].label
         == f"{FOUND_SERIAL.lower()} (found at {OTHER_HOST})"
     )
 
@@ -219,7 +219,7 @@ def test_without_add_new_saved_found_units_are_not_restored_and_become_ghosts(
     state.keep_published(unit_id, unit_id)
     assert state.flush()
     instance = _bridge(_config(tmp_path, add_new=False), _units())
-    assert instance.found_pollers == {}
+    assert instance.new_units.pollers == {}
     assert len(instance.pollers) == 1
     assert instance.ghosts == {unit_id: unit_id}
 
@@ -231,7 +231,7 @@ def test_a_found_unit_now_configured_is_forgotten(tmp_path: Path) -> None:
     state.keep_energy("garage", CONFIGURED_SERIAL, SessionEnergy(total_wh=5.0))
     assert state.flush()
     instance = _bridge(_config(tmp_path, add_new=True), _units())
-    assert instance.found_pollers == {}
+    assert instance.new_units.pollers == {}
     assert len(instance.pollers) == 1
     assert instance.state_file.found_units() == {}
 
@@ -243,7 +243,7 @@ def test_a_serial_a_connector_learned_in_an_earlier_run_is_not_new(tmp_path: Pat
     assert state.flush()
     instance = _bridge(_config(tmp_path, add_new=True), _units())
     instance.add_found_unit(_found(FOUND_HOST, FOUND_SERIAL))
-    assert instance.found_pollers == {}
+    assert instance.new_units.pollers == {}
     assert len(instance.pollers) == 1
 
 
@@ -255,7 +255,7 @@ async def test_a_serial_a_connector_learned_in_this_run_is_not_new(
     instance = _bridge(_config(tmp_path, add_new=True), units)
     await _run_until(instance, lambda: instance.pollers[0].status.serial == CONFIGURED_SERIAL)
     instance.add_found_unit(_found(FOUND_HOST, CONFIGURED_SERIAL))
-    assert instance.found_pollers == {}
+    assert instance.new_units.pollers == {}
     assert len(instance.pollers) == 1
     assert not [r for r in caplog.records if CONFIGURED_SERIAL in r.getMessage()]
 
@@ -270,7 +270,7 @@ def test_a_found_unit_whose_id_is_taken_is_refused_once(
     instance = _bridge(config, _units())
     instance.add_found_unit(_found(FOUND_HOST, FOUND_SERIAL))
     instance.add_found_unit(_found(FOUND_HOST, FOUND_SERIAL))
-    assert instance.found_pollers == {}
+    assert instance.new_units.pollers == {}
     assert len(instance.pollers) == 1
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors == [
@@ -286,15 +286,15 @@ async def test_a_unit_found_after_the_stop_never_starts_polling(tmp_path: Path) 
     instance = _bridge(_config(tmp_path, add_new=True), _units())
     await _run_until(instance, lambda: True)
     instance.add_found_unit(_found(FOUND_HOST, FOUND_SERIAL))
-    assert list(instance.found_pollers) == [FOUND_SERIAL]
-    assert instance.found_pollers[FOUND_SERIAL].requests_made == 0
+    assert list(instance.new_units.pollers) == [FOUND_SERIAL]
+    assert instance.new_units.pollers[FOUND_SERIAL].requests_made == 0
 
 
 # --- without add_new: the block, once per serial ------------------------------------------------
 
 
 def _suggestions(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    return [r.getMessage() for r in caplog.records if r.name == "bridge.runtime.found"]
 
 
 def test_without_add_new_the_block_is_logged_once_per_serial_and_nothing_is_added(
@@ -332,7 +332,7 @@ def test_without_add_new_the_block_is_logged_once_per_serial_and_nothing_is_adde
     # Pasted, the block is a valid connector of the configuration.
     block = tomllib.loads("\n".join(lines[1:6]))
     assert ConnectorConfig.model_validate(block["connectors"][0]).host == FOUND_HOST
-    assert instance.found_pollers == {}
+    assert instance.new_units.pollers == {}
     assert len(instance.pollers) == 1
     assert instance.state_file.found_units() == {}
 
@@ -361,7 +361,7 @@ def test_device_text_in_the_block_stays_on_its_lines_and_pastes_back_as_sent(
     table = tomllib.loads("\n".join(lines[1:]))["connectors"][0]
     assert set(table) == {"host", "name", "id"}
     assert table["host"] == FOUND_HOST
-    assert instance.found_pollers == {}
+    assert instance.new_units.pollers == {}
 
 
 def test_a_unit_answering_at_a_connectors_address_is_that_connectors(
@@ -371,7 +371,7 @@ def test_a_unit_answering_at_a_connectors_address_is_that_connectors(
     caplog.set_level(logging.INFO, logger=LOGGER)
     instance = _bridge(_config(tmp_path, add_new=True), _units())
     instance.add_found_unit(_found(CONFIGURED_HOST, CONFIGURED_SERIAL))
-    assert instance.found_pollers == {}
+    assert instance.new_units.pollers == {}
     assert len(instance.pollers) == 1
     assert "[[connectors]]" not in caplog.text
 
@@ -406,8 +406,8 @@ def test_a_unit_found_on_a_second_interfaces_network_is_polled_from_it(tmp_path:
     instance = _bridge(config, units)
     instance.add_found_unit(_found(FOUND_HOST, FOUND_SERIAL))
     instance.add_found_unit(_found("10.8.0.7", OTHER_SERIAL))
-    assert instance.found_pollers[FOUND_SERIAL].source_address == "10.9.0.100"
-    assert instance.found_pollers[OTHER_SERIAL].source_address is None
+    assert instance.new_units.pollers[FOUND_SERIAL].source_address == "10.9.0.100"
+    assert instance.new_units.pollers[OTHER_SERIAL].source_address is None
 
 
 async def test_a_search_that_crashes_does_not_stop_the_bridge(
@@ -441,11 +441,11 @@ def test_found_units_are_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A device inventing serials cannot grow the bridge without end."""
-    monkeypatch.setattr(bridge.runtime.app, "MAX_FOUND_UNITS", 2)
+    monkeypatch.setattr(bridge.runtime.found, "MAX_FOUND_UNITS", 2)
     caplog.set_level(logging.INFO, logger=LOGGER)
     units = {f"10.9.0.{n}": SimulatedUnit(simulated_serial(n), seed=n) for n in range(20, 25)}
     instance = _bridge(_config(tmp_path, add_new=True), {**_units(), **units})
     for host, unit in units.items():
         instance.add_found_unit(_found(host, unit.serial))
-    assert len(instance.found_pollers) == 2
+    assert len(instance.new_units.pollers) == 2
     assert caplog.text.count("is the most one bridge adds by itself") == 2

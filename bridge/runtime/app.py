@@ -9,23 +9,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from pydantic import ValidationError
-
 from bridge.adapters.mqtt import MqttLink, MqttUnavailableError, WillKeeper
 from bridge.adapters.survey import Found
 from bridge.adapters.survey import survey as survey_networks
 from bridge.adapters.twc import TwcClient
-from bridge.core.config import BridgeConfig, ConnectorConfig, http_base_url, parse_host
+from bridge.core.config import BridgeConfig, ConnectorConfig, http_base_url
 from bridge.core.fieldbudget import FieldBudget
 from bridge.core.logtext import escaped
 from bridge.core.models import ENDPOINTS
-from bridge.core.names import id_problem, slugify
-from bridge.core.networks import source_for_address
 from bridge.core.outbox import Outbox
 from bridge.core.twins import TwinWatch, new_run_token
 from bridge.core.unit_values import UnitDerivation
 from bridge.core.vocabulary import Role
-from bridge.presentation.connector_block import connector_id, render_block, unit_names
 from bridge.presentation.discovery import Site
 from bridge.presentation.homie import HomiePublisher
 from bridge.presentation.topics import TopicLayout
@@ -37,7 +32,8 @@ from bridge.runtime.announce import (
     unit_info,
 )
 from bridge.runtime.energy import EnergyKeeper
-from bridge.runtime.follow import Follower, Survey, same_address
+from bridge.runtime.follow import Follower, Survey
+from bridge.runtime.found import NewUnits, found_label
 from bridge.runtime.ghosts import (
     Ghost,
     clear_ghosts,
@@ -63,9 +59,6 @@ STATE_FILE_NAME: Final = "state.json"
 # handled in one burst (waking an idle process costs far more than a poll's work), and no burst
 # holds more than a tenth of the units (a thousand together would delay the last by ~0.8 s).
 START_SLOTS: Final = 10
-# Units added because they were found ([discovery] add_new), and serials suggested in the log:
-# a device inventing serials must not grow the bridge without end.
-MAX_FOUND_UNITS: Final = 256
 # How long the clean-up at start waits for every unit to be asked once (see clean_removed).
 GHOST_WAIT_S: Final = 60.0
 GHOST_CHECK_S: Final = 0.5
@@ -110,29 +103,6 @@ def start_address(
     return saved
 
 
-def found_label(connector: ConnectorConfig) -> str:
-    """How a unit added because it was found is named in log lines: it says it was found."""
-    return f"{connector.configured_id()} (found at {connector.host})"
-
-
-def found_connector(
-    serial: str, host: str, source_address: str | None = None
-) -> ConnectorConfig | None:
-    """The connector entry a unit found at ``host`` is polled as: its serial's slug is its id.
-
-    ``source_address``: the local address its network is probed from, so it is polled the way
-    it was found. ``None`` when the serial gives no usable topic id or ``host`` is no host; such
-    a unit is only suggested in the log, for its owner to add with an id of their choice.
-    """
-    unit_id = slugify(serial)
-    if id_problem(unit_id) is not None:
-        return None
-    try:
-        return ConnectorConfig(host=host, id=unit_id, serial=serial, source_address=source_address)
-    except ValidationError:
-        return None
-
-
 class Bridge:
     """Everything one bridge process runs; state here outlives broker reconnects."""
 
@@ -172,12 +142,15 @@ class Bridge:
             searching=bool(config.discovery.networks),
         )
         self.state_file = StateFile(config.bridge.data_dir / STATE_FILE_NAME, ha.discovery_prefix)
-        # Serial numbers the configuration claims: given, or learned by a connector before.
-        self._configured_serials = self._serials_of(config.connectors)
-        self._suggested: set[str] = set()  # serials whose block was logged in this run
-        # Units added because they were found (serial -> poller), restored first from the file.
-        self.found_pollers: dict[str, ConnectorPoller] = {}
-        self._found_connectors = self._restored_found_units()
+        # Units found in the networks that no connector claims, restored first from the file.
+        self.new_units = NewUnits(
+            config.discovery,
+            config.connectors,
+            self._serials_of(config.connectors),
+            self.state_file,
+            self.registry,
+        )
+        self._found_connectors = self.new_units.restored()
         connectors = [*config.connectors, *(c for _, c in self._found_connectors)]
         owners = {connector_owner(c) for c in connectors}
         configured_ids = {cid for c in connectors if (cid := c.configured_id())}
@@ -289,7 +262,7 @@ class Bridge:
             self._found_connectors, start=len(config.connectors)
         ):
             polling = connector.polling(config.polling)
-            self.found_pollers[serial] = self._add_poller(
+            self.new_units.pollers[serial] = self._add_poller(
                 connector,
                 found_label(connector),
                 start_delay_s=polling.vitals_s * (index % START_SLOTS) / START_SLOTS,
@@ -371,140 +344,23 @@ class Bridge:
                 serials.add(record.serial)
         return serials
 
-    def _restored_found_units(self) -> list[tuple[str, ConnectorConfig]]:
-        """The units added in earlier runs (``[discovery] add_new``), at their last address.
-
-        A unit the configuration claims now is no longer a found one, and is forgotten.
-        """
-        if not self.config.discovery.add_new:
-            return []  # kept in the file: they come back if add_new is turned on again
-        restored: list[tuple[str, ConnectorConfig]] = []
-        for serial, found_at in sorted(self.state_file.found_units().items()):
-            if serial in self._configured_serials:
-                self.state_file.forget_found_unit(serial)
-                continue
-            last = self.state_file.address_of(serial)
-            connector = (
-                found_connector(serial, last, self._source_for(last)) if last else None
-            ) or found_connector(serial, found_at, self._source_for(found_at))
-            if connector is None or connector.configured_id() is None:
-                continue  # pragma: no cover - the file's hosts and serials were checked on load
-            unit_id = str(connector.configured_id())
-            owner = self.registry.claim(unit_id, found_label(connector))
-            if owner is not None:
-                logger.error(
-                    "Wall Connector %s, added when it was found, is not restored: its id %s is "
-                    "used by %s now",
-                    escaped(serial),
-                    unit_id,
-                    owner,
-                )
-                continue
-            restored.append((serial, connector))
-        return restored
-
-    def _source_for(self, host: str) -> str | None:
-        """The local address a unit found at ``host`` is reached from (see ``networks``)."""
-        try:
-            address, _ = parse_host(host)
-        except ValueError:
-            return None
-        return source_for_address(
-            address.strip("[]"),
-            self.config.discovery.networks,
-            (connector.source_address for connector in self.config.connectors),
-        )
-
-    def _claimed_serials(self) -> set[str]:
-        """Every serial number a poller stands for now: configured, learned or found."""
-        learned = {p.status.serial for p in self.pollers if p.status.serial is not None}
-        return self._configured_serials | learned | set(self.found_pollers)
-
     def add_found_unit(self, found: Found) -> None:
         """Publish a unit found in the networks that no connector claims, if ``add_new`` says so.
 
         Added: polled, published and announced like a configured connector (id: its serial's
         slug), started at once when the bridge runs, and remembered in the state file so the
-        next start polls it too. Not added: its ready-to-paste ``[[connectors]]`` block is logged,
-        once per serial number and run. A serial already claimed does nothing.
+        next start polls it too. Otherwise its ``[[connectors]]`` block is logged once
+        (:class:`bridge.runtime.found.NewUnits` decides).
         """
-        serial = found.serial
-        if serial in self._claimed_serials():
-            return
-        # A unit answering where a connector whose serial is not known yet polls is likely that
-        # connector's (a search at start-up may run before the first version answer).
-        if any(
-            poller.wanted_serial is None and same_address(poller.address, found)
-            for poller in self.pollers
-        ):
-            return
-        connector = (
-            found_connector(serial, found.host, self._source_for(found.host))
-            if self.config.discovery.add_new
-            else None
-        )
+        connector = self.new_units.admit(found, self.pollers)
         if connector is None:
-            self._suggest(found)
             return
-        if len(self.found_pollers) >= MAX_FOUND_UNITS:
-            if serial not in self._suggested and len(self._suggested) < MAX_FOUND_UNITS:
-                self._suggested.add(serial)
-                logger.warning(
-                    "Wall Connector %s found at %s is not added: %d found units is the most "
-                    "one bridge adds by itself; add it to the configuration file",
-                    escaped(serial),
-                    found.host,
-                    MAX_FOUND_UNITS,
-                )
-            return
-        unit_id = str(connector.configured_id())
-        label = found_label(connector)
-        owner = self.registry.claim(unit_id, label)
-        if owner is not None:
-            if serial not in self._suggested:
-                self._suggested.add(serial)
-                logger.error(
-                    "Wall Connector %s found at %s is not added: its id %s is used by %s",
-                    escaped(serial),
-                    found.host,
-                    unit_id,
-                    owner,
-                )
-            return
-        poller = self._add_poller(connector, label, start_delay_s=0.0)
-        self.found_pollers[serial] = poller
-        self._announced_owners.add(connector_owner(connector))
-        self.state_file.keep_found_unit(serial, found.host)
-        self.state_file.keep_published(unit_id, connector_owner(connector))
-        logger.info(
-            "Wall Connector %s found at %s and added as %s ([discovery] add_new)",
-            escaped(serial),
-            found.host,
-            unit_id,
-        )
+        poller = self._add_poller(connector, found_label(connector), start_delay_s=0.0)
+        owner = connector_owner(connector)
+        self._announced_owners.add(owner)
+        self.new_units.added(found, connector, poller, owner)
         if self._tasks is not None and not self._stopping:
             self._poller_tasks.append(self._start(poller))
-
-    def _suggest(self, found: Found) -> None:
-        """Log the unit's ``[[connectors]]`` block, once per serial number and run."""
-        if found.serial in self._suggested or len(self._suggested) >= MAX_FOUND_UNITS:
-            return
-        self._suggested.add(found.serial)
-        if self.config.discovery.add_new:
-            reason = "its serial number gives no usable topic id, so it is not added"
-        else:
-            reason = "to publish it, add this block to the configuration file"
-        logger.info(
-            "Wall Connector %s found at %s is not configured; %s:",
-            escaped(found.serial),
-            found.host,
-            reason,
-        )
-        # One record per line: the log's formatter keeps each record on one line, and a block
-        # on lines of its own is what can be pasted. The block is TOML-escaped device text.
-        name = unit_names([found])[0]
-        for line in render_block(found, name=name, topic_id=connector_id(found)).splitlines():
-            logger.info("%s", line)
 
     def _start(self, poller: ConnectorPoller) -> asyncio.Task[None]:
         if self._tasks is None:  # pragma: no cover - called only while running
